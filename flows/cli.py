@@ -1,0 +1,96 @@
+"""The `hicra` command line: `hicra train` runs the training flow, `hicra sql` queries the warehouse."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DEFAULT_WAREHOUSE = "warehouse-data"
+
+
+def _prefect_defaults() -> None:
+    """Settings for running flows with no server on a machine without network (before Prefect is imported)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _warehouse(args: argparse.Namespace) -> str:
+    return args.warehouse or os.environ.get("HICRA_WAREHOUSE") or DEFAULT_WAREHOUSE
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _prefect_defaults()
+    from flows.train import summary_table, train
+    from tasks.common import console
+
+    summaries = train(
+        config_path=args.config,
+        run_id=args.run_id,
+        iterations=args.iterations,
+        warehouse=args.warehouse or os.environ.get("HICRA_WAREHOUSE"),
+        force=args.force,
+    )
+    console.print(summary_table(summaries))
+    where = f" --warehouse {args.warehouse}" if args.warehouse else ""
+    console.print("Query the run with SQL, for example:")
+    console.print(f'  hicra sql{where} "select iteration, avg(reward) from scores group by 1 order by 1"')
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from warehouse.catalog import query
+
+    result = query(_warehouse(args), args.statement)
+    table = Table(show_lines=False)
+    for name in result.column_names:
+        table.add_column(name)
+    for row in result.to_pylist():
+        table.add_row(*("NULL" if v is None else str(v) for v in row.values()))
+    Console().print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hicra", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train (or resume) a run with the Prefect flow `hicra`")
+    train.add_argument("--config", default="configs/tiny.yaml", help="YAML run config")
+    train.add_argument("--run-id", help="run id (default: the config's run.id)")
+    train.add_argument("--iterations", type=int, help="number of iterations (default: the config's)")
+    train.add_argument("--warehouse", help="warehouse root (default: $HICRA_WAREHOUSE or the config's)")
+    train.add_argument("--force", action="store_true", help="resume even though the config changed (recorded)")
+    train.set_defaults(func=cmd_train)
+
+    sql = sub.add_parser("sql", help="run a SQL query over the warehouse's views")
+    sql.add_argument("statement", help="the SQL statement")
+    sql.add_argument("--warehouse", help=f"warehouse root (default: $HICRA_WAREHOUSE or ./{DEFAULT_WAREHOUSE})")
+    sql.set_defaults(func=cmd_sql)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:  # the message names the field, file or row; the traceback is noise for a user
+        if os.environ.get("HICRA_DEBUG"):
+            raise
+        from schemas.config import ConfigError
+
+        known = (ConfigError, FileNotFoundError, ValueError, RuntimeError)
+        if isinstance(err, known):
+            print(f"hicra: error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Advantage estimators and policy losses as small pure tensor functions behind name registries.
+
+Shapes: B responses, T response tokens (right-padded), `response_mask` (B, T) is 1 on real response tokens.
+Every advantage estimator has the signature of `AdvantageFn` and returns per-token advantages (B, T) and the
+mask of tokens whose advantage it amplified (B, T). The trainer knows nothing of the algorithm: it consumes the
+per-token advantages. Reference: Wang et al., "Emergent Hierarchical Reasoning in LLMs through Reinforcement
+Learning", arXiv 2509.03646, Section 3 (HICRA) and the baselines of its Section 4.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class AdvantageConfig:
+    """What an advantage estimator needs besides tensors (mirrors `schemas.config.AlgorithmSection`)."""
+
+    adv_norm: str = "mean"
+    alpha: float = 0.2
+
+
+class AdvantageFn(Protocol):
+    def __call__(
+        self,
+        rewards: Tensor,
+        group_index: Tensor,
+        response_mask: Tensor,
+        planning_mask: Tensor,
+        config: AdvantageConfig,
+    ) -> tuple[Tensor, Tensor]: ...
+
+
+ADVANTAGES: dict[str, AdvantageFn] = {}
+
+
+def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
+    def wrap(fn: AdvantageFn) -> AdvantageFn:
+        ADVANTAGES[name] = fn
+        return fn
+
+    return wrap
+
+
+def get_advantage_fn(name: str) -> AdvantageFn:
+    if name not in ADVANTAGES:
+        raise KeyError(f"unknown advantage estimator {name!r}; known: {sorted(ADVANTAGES)}")
+    return ADVANTAGES[name]
+
+
+def group_advantage(rewards: Tensor, group_index: Tensor, adv_norm: str = "mean", eps: float = 1e-6) -> Tensor:
+    """Outcome advantage per response, A_i = R_i - mean_j R_j over its group (paper: no std division).
+
+    rewards (B,) float, group_index (B,) long in [0, n_groups). `mean_std` also divides by the group's unbiased std
+    plus eps (verl's default); `none` returns the rewards. A group of one response gets 0.
+    """
+    if adv_norm == "none":
+        return rewards.clone()
+    n_groups = int(group_index.max()) + 1 if group_index.numel() else 0
+    ones = torch.ones_like(rewards)
+    count = torch.zeros(n_groups, dtype=rewards.dtype).index_add_(0, group_index, ones)
+    total = torch.zeros(n_groups, dtype=rewards.dtype).index_add_(0, group_index, rewards)
+    mean = total / count.clamp(min=1)
+    centred = rewards - mean[group_index]
+    single = count[group_index] < 2
+    if adv_norm == "mean":
+        return centred.masked_fill(single, 0.0)
+    if adv_norm == "mean_std":
+        sq = torch.zeros(n_groups, dtype=rewards.dtype).index_add_(0, group_index, centred * centred)
+        std = (sq / (count - 1).clamp(min=1)).sqrt()
+        return (centred / (std[group_index] + eps)).masked_fill(single, 0.0)
+    raise ValueError(f"unknown adv_norm {adv_norm!r}; expected mean, mean_std or none")
+
+
+def amplify(advantages: Tensor, mask: Tensor, alpha: float) -> Tensor:
+    """HICRA's credit re-weighting, out of place: A + alpha * |A| where mask is 1, A elsewhere. Shapes (B, T).
+
+    Positive advantages on masked tokens grow by (1 + alpha); negative ones shrink in size by (1 - alpha).
+    """
+    return advantages + alpha * advantages.abs() * mask.to(advantages.dtype)
+
+
+@register_advantage("grpo")
+def grpo_advantage(rewards, group_index, response_mask, planning_mask, config):
+    """GRPO: the group advantage broadcast to every response token. Returns (B, T) advantages, (B, T) zero mask."""
+    adv = group_advantage(rewards, group_index, config.adv_norm)
+    token_adv = adv[:, None] * response_mask.to(adv.dtype)
+    return token_adv, torch.zeros_like(response_mask)
+
+
+@register_advantage("hicra")
+def hicra_advantage(rewards, group_index, response_mask, planning_mask, config):
+    """HICRA (paper Eq. 3): A + alpha*|A| on planning tokens (Strategic Gram tokens), A on execution tokens."""
+    token_adv, _ = grpo_advantage(rewards, group_index, response_mask, planning_mask, config)
+    mask = planning_mask.to(response_mask.dtype) * response_mask
+    return amplify(token_adv, mask, config.alpha), mask
+
+
+def clipped_policy_loss(
+    logprob: Tensor, old_logprob: Tensor, advantages: Tensor, clip_low: float, clip_high: float
+) -> tuple[Tensor, Tensor]:
+    """Per-token clipped surrogate with clip-higher (DAPO): -min(r*A, clip(r, 1-eps_low, 1+eps_high)*A).
+
+    All inputs (B, T); returns the per-token loss (B, T) and a 0/1 tensor (B, T) of tokens where the clip was active.
+    """
+    ratio = torch.exp(logprob - old_logprob)
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * advantages
+    loss = -torch.minimum(unclipped, clipped)
+    return loss, (clipped < unclipped).to(logprob.dtype)
+
+
+def aggregate_loss(
+    loss: Tensor, mask: Tensor, mode: str, global_tokens: int, global_sequences: int, norm_length: int
+) -> Tensor:
+    """Aggregate a micro-batch's per-token loss (B, T) so that summing over micro-batches gives the step's loss.
+
+    Normalisers are the whole optimizer step's token and sequence counts, never the micro-batch's, so the gradient
+    does not depend on how the step is cut into micro-batches (verl issues 906, 3332, 5625).
+    `token-mean`: sum / global tokens. `seq-mean-token-mean`: sum of per-sequence token means / global sequences.
+    `seq-mean-token-sum`: sum / global sequences. `seq-mean-token-sum-norm` (Dr. GRPO): sum / (sequences * norm_length).
+    """
+    mask = mask.to(loss.dtype)
+    masked = loss * mask
+    if mode == "token-mean":
+        return masked.sum() / max(global_tokens, 1)
+    if mode == "seq-mean-token-mean":
+        per_seq = masked.sum(-1) / mask.sum(-1).clamp(min=1)
+        return per_seq.sum() / max(global_sequences, 1)
+    if mode == "seq-mean-token-sum":
+        return masked.sum() / max(global_sequences, 1)
+    if mode == "seq-mean-token-sum-norm":
+        return masked.sum() / max(global_sequences * norm_length, 1)
+    raise ValueError(f"unknown loss aggregation {mode!r}")
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of the softmax distribution along the last dim: (..., V) -> (...)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of values (B, T) over positions where mask (B, T) is 1; 0 when the mask is empty."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)

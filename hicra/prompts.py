@@ -1,0 +1,17 @@
+"""Prompt rendering shared by SFT warm-up, rollouts and evaluation, so every stage shows the policy the same text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PLAIN_TEMPLATE = "Question: {problem}\nSolution:"
+"""The tiny policy's prompt format; the solution text follows after a single space."""
+
+
+def render_prompt(problem: str, tokenizer: Any, template: str | None = None, use_chat_template: bool = False) -> str:
+    """Return the prompt text for `problem`: the tokenizer's chat template, or a plain `{problem}` template."""
+    if use_chat_template:
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": problem}], tokenize=False, add_generation_prompt=True
+        )
+    return (template or PLAIN_TEMPLATE).format(problem=problem)

@@ -1,0 +1,373 @@
+"""The embedded default policy: a synthetic math task, a locally trained tokenizer and a tiny Llama warmed up by SFT.
+
+Everything is built on the CPU from nothing (no hub download), deterministically from a seed, and cached on disk,
+so the project's flows run with no GPU and no network. Worked solutions use Strategic Gram phrases (paper,
+Appendix A) at their decision points, so HICRA has planning tokens to credit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+import time
+import uuid
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+from hicra.prompts import PLAIN_TEMPLATE
+
+TASK_VERSION = "synth-arith-v1"
+"""Bump when the task text, tokenizer recipe or training recipe changes: it is part of the cache key."""
+
+BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+VOCAB_SIZE = 600
+TOKENIZER_CORPUS = 2000  # train problems the tokenizer is trained on
+EVAL_SHARE = 5  # one (template, numbers) combination in EVAL_SHARE belongs to the eval split
+MAX_POSITIONS = 256
+MANIFEST = "hicra_tiny.json"
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}Question: {{ message['content'] }}\nSolution:"
+    "{% elif message['role'] == 'assistant' %} {{ message['content'] }}{{ eos_token }}\n"
+    "{% endif %}{% endfor %}"
+)
+"""Maps a chat onto the plain format the model was trained on, so chat-template users get the same prompt."""
+
+# Decision-point phrasings; each contains at least one Strategic Gram (checked by the tests).
+OPENERS = ["Let's break this down.", "Let's outline the steps.", "Let's formulate a plan.", "Let's think step by step."]
+FIRST_STEP = ["First, we need to", "The first step is to", "Our strategy is to first"]
+NEXT_STEP = ["Then we need to", "Next, we need to", "The next step is to", "Now we need to"]
+LAST_STEP = ["Finally we need to", "Now we need to", "The last thing we need to do is"]
+VERIFY = ["Let me verify:", "Let's double-check:", "To verify:", "Let's check our work:"]
+CONCLUSION = "So the answer is"
+
+NAMES = ["Tom", "Sara", "Ben", "Mia", "Leo", "Ana", "Sam", "Eva"]
+
+Step = tuple[str, int, str, int]  # (what the step does, left operand, operator, right operand)
+Progress = Callable[[int, int, float], None]
+
+
+def _apply(a: int, op: str, b: int) -> int:
+    return {"+": a + b, "-": a - b, "*": a * b}[op]
+
+
+def _pens(v: list[int], name: str, _other: str) -> tuple[str, list[Step]]:
+    a, b, c = v[:3]
+    problem = (
+        f"{name} buys {a} pens that cost {b} dollars each and a notebook that costs {c} dollars. "
+        f"How much does {name} spend in total?"
+    )
+    return problem, [("find the cost of the pens", a, "*", b), ("add the cost of the notebook", a * b, "+", c)]
+
+
+def _apples(v: list[int], name: str, _other: str) -> tuple[str, list[Step]]:
+    a, b, c, d = v
+    problem = (
+        f"{name} has {a} apples. {name} picks {b} bags with {c} apples in each bag and then eats {d} apples. "
+        f"How many apples does {name} have now?"
+    )
+    return problem, [
+        ("find how many apples are in the bags", b, "*", c),
+        (f"add the apples {name} already had", b * c, "+", a),
+        ("subtract the apples that were eaten", b * c + a, "-", d),
+    ]
+
+
+def _shelves(v: list[int], _name: str, _other: str) -> tuple[str, list[Step]]:
+    a, b, c = v[:3]
+    problem = (
+        f"A library has {a} shelves with {b} books on each shelf. Then {c} books are borrowed. "
+        "How many books are left on the shelves?"
+    )
+    return problem, [("find the number of books", a, "*", b), ("subtract the borrowed books", a * b, "-", c)]
+
+
+def _cookies(v: list[int], name: str, _other: str) -> tuple[str, list[Step]]:
+    a, b, c, d = v
+    problem = (
+        f"{name} bakes {a} trays with {b} cookies on each tray. {name} gives {c} cookies to a friend "
+        f"and {d} cookies to a neighbor. How many cookies are left?"
+    )
+    return problem, [
+        ("find the number of cookies", a, "*", b),
+        ("subtract the cookies for the friend", a * b, "-", c),
+        ("subtract the cookies for the neighbor", a * b - c, "-", d),
+    ]
+
+
+def _marbles(v: list[int], name: str, other: str) -> tuple[str, list[Step]]:
+    a, b = v[:2]
+    problem = (
+        f"{name} has {a} marbles. {other} has {b} more marbles than {name}. How many marbles do they have together?"
+    )
+    return problem, [(f"find how many marbles {other} has", a, "+", b), ("add the marbles of both", a, "+", a + b)]
+
+
+def _tickets(v: list[int], name: str, _other: str) -> tuple[str, list[Step]]:
+    a, b, c = v[:3]
+    problem = (
+        f"A ticket to the fair costs {a} dollars. {name} buys {b} tickets for adults and {c} tickets for children. "
+        f"How much does {name} pay?"
+    )
+    return problem, [("find the number of tickets", b, "+", c), ("multiply by the price of a ticket", b + c, "*", a)]
+
+
+TEMPLATES = [(_pens, 3), (_apples, 4), (_shelves, 3), (_cookies, 4), (_marbles, 2), (_tickets, 3)]
+"""Six word-problem templates with the count of numbers (1-9) each one draws."""
+
+
+def _split_of(template: int, numbers: list[int]) -> str:
+    """Assign a (template, numbers) combination to a split by a fixed hash, so eval problems are never trained on."""
+    key = f"{template}:{','.join(map(str, numbers))}".encode()
+    return "eval" if zlib.crc32(key) % EVAL_SHARE == 0 else "train"
+
+
+def _solution(steps: list[Step], rng: random.Random) -> tuple[str, int]:
+    """Write the worked solution with varied planning phrases and a verification of the last step."""
+    parts = [rng.choice(OPENERS)]
+    value = 0
+    for i, (what, a, op, b) in enumerate(steps):
+        value = _apply(a, op, b)
+        lead = FIRST_STEP if i == 0 else LAST_STEP if i == len(steps) - 1 and len(steps) > 2 else NEXT_STEP
+        parts.append(f"{rng.choice(lead)} {what}: {a} {op} {b} = {value}.")
+    _, a, op, b = steps[-1]
+    check = {"+": f"{value} - {b} = {a}", "-": f"{value} + {b} = {a}", "*": f"{b} * {a} = {value}"}[op]
+    parts.append(f"{rng.choice(VERIFY)} {check}.")
+    parts.append(f"{CONCLUSION} \\boxed{{{value}}}.")
+    return " ".join(parts), value
+
+
+def _problem(seed: int, split: str, index: int) -> dict:
+    """Draw problem `index` of a split; only (seed, split, index) decide it."""
+    rng = random.Random(f"hicra-tiny:{seed}:{split}:{index}")
+    while True:
+        template = rng.randrange(len(TEMPLATES))
+        make, count = TEMPLATES[template]
+        numbers = [rng.randint(1, 9) for _ in range(count)]
+        name, other = rng.sample(NAMES, 2)
+        problem, steps = make(numbers, name, other)
+        if _split_of(template, numbers) != split or any(_apply(a, op, b) < 0 for _, a, op, b in steps):
+            continue
+        solution, answer = _solution(steps, rng)
+        return {"id": f"synth-{split}-{index}", "problem": problem, "answer": str(answer), "solution": solution}
+
+
+def synthetic_problems(n: int, seed: int, split: str = "train") -> list[dict]:
+    """Return the first `n` problems of a split (dicts with id, problem, answer, solution), deterministically."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', not {split!r}")
+    return [_problem(seed, split, i) for i in range(n)]
+
+
+def train_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE with one token per digit (so arithmetic is learnable) and wrap it for transformers."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=[BOS, EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, tok.token_to_id(BOS))]
+    )
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD)
+    wrapped.chat_template = CHAT_TEMPLATE
+    return wrapped
+
+
+def _sft_batch(tokenizer: PreTrainedTokenizerFast, problems: list[dict]) -> dict[str, torch.Tensor]:
+    """Tokenize prompt + " " + solution + EOS, right-padded; labels cover only the solution and EOS."""
+    prompts = tokenizer([PLAIN_TEMPLATE.format(problem=p["problem"]) for p in problems])["input_ids"]
+    answers = tokenizer([" " + p["solution"] for p in problems], add_special_tokens=False)["input_ids"]
+    rows = [(p + a + [tokenizer.eos_token_id], len(p)) for p, a in zip(prompts, answers, strict=True)]
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (ids, n_prompt) in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
+        mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def _lr_factor(step: int, total: int) -> float:
+    """Linear warm-up over the first 5% of steps, then cosine decay to zero."""
+    ramp = max(1, total // 20)
+    if step < ramp:
+        return (step + 1) / ramp
+    return 0.5 * (1.0 + math.cos(math.pi * (step - ramp) / max(1, total - ramp)))
+
+
+def _default_cache_dir() -> Path:
+    return Path(os.environ.get("HICRA_CACHE") or Path.home() / ".cache" / "hicra")
+
+
+def _is_complete(folder: Path) -> bool:
+    names = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", MANIFEST)
+    return all((folder / name).is_file() for name in names)
+
+
+def _build(folder: Path, settings: dict, progress: Progress | None) -> None:
+    """Train the tokenizer and warm up the model into `folder` (which exists and is empty)."""
+    started = time.monotonic()
+    seed, steps, batch_size = settings["seed"], settings["warmup_steps"], settings["batch_size"]
+    corpus = [
+        f"{PLAIN_TEMPLATE.format(problem=p['problem'])} {p['solution']}"
+        for p in synthetic_problems(TOKENIZER_CORPUS, seed, "train")
+    ]
+    tokenizer = train_tokenizer(corpus)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=settings["hidden_size"],
+        intermediate_size=settings["intermediate_size"],
+        num_hidden_layers=settings["num_layers"],
+        num_attention_heads=settings["num_heads"],
+        num_key_value_heads=settings["num_heads"],
+        max_position_embeddings=MAX_POSITIONS,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config._attn_implementation = "eager"  # for this size on the CPU, eager attention is about 25% faster than sdpa
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], betas=(0.9, 0.95), weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps))
+    loss = float("nan")
+    for step in range(steps):
+        batch = _sft_batch(tokenizer, [_problem(seed, "train", step * batch_size + i) for i in range(batch_size)])
+        out = model(**batch)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss = out.loss.item()
+        if progress is not None:
+            progress(step + 1, steps, loss)
+    model.eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    seconds = round(time.monotonic() - started, 1)
+    manifest = {**settings, "final_loss": loss, "parameters": model.num_parameters(), "build_seconds": seconds}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def build_tiny_policy(
+    out_dir: Path | None = None,
+    *,
+    hidden_size: int = 128,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    intermediate_size: int = 512,
+    warmup_steps: int = 630,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Return a folder with the warmed-up tiny policy (transformers format), building it only if it is missing.
+
+    The folder is `out_dir` if given, else `<cache_dir>/tiny-<hash of task version, settings and seed>`. The build
+    goes to a temporary folder beside it and is renamed into place at the end, so a killed build leaves no half
+    folder and concurrent builds of the same settings are safe.
+    """
+    settings = {
+        "task_version": TASK_VERSION,
+        "hidden_size": hidden_size,
+        "num_layers": num_layers,
+        "num_heads": num_heads,
+        "intermediate_size": intermediate_size,
+        "warmup_steps": warmup_steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+    }
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    target = Path(out_dir) if out_dir is not None else Path(cache_dir or _default_cache_dir()) / f"tiny-{key}"
+    if target.exists():
+        return _check_existing(target, key)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    temp.mkdir()
+    try:
+        _build(temp, {**settings, "key": key}, progress)
+        try:
+            temp.rename(target)
+        except OSError:
+            if not target.exists():  # a concurrent build of the same settings may have won the race
+                raise
+            return _check_existing(target, key)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return target
+
+
+def _check_existing(target: Path, key: str) -> Path:
+    """Return an existing policy folder if it is complete and was built with the same settings, else refuse."""
+    if _is_complete(target) and json.loads((target / MANIFEST).read_text()).get("key") == key:
+        return target
+    raise FileExistsError(f"{target} exists but is not a tiny policy built with these settings (key {key})")
+
+
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+
+
+def last_boxed(text: str) -> str | None:
+    """Return the content of the last \\boxed{...} in `text` (no nested braces), or None."""
+    found = _BOXED.findall(text)
+    return found[-1].strip() if found else None
+
+
+@torch.no_grad()
+def tiny_accuracy(
+    model_dir: Path, n: int = 200, temperature: float = 1.0, samples: int = 1, seed: int = 0, batch: int = 50
+) -> float:
+    """Share of sampled answers (last \\boxed{}) equal to the reference on `n` eval problems; temperature 0: greedy."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    problems = synthetic_problems(n, seed, "eval")
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {}
+    torch.manual_seed(seed)
+    correct = 0
+    for start in range(0, n, batch):
+        chunk = problems[start : start + batch]
+        enc = tokenizer([PLAIN_TEMPLATE.format(problem=p["problem"]) for p in chunk], return_tensors="pt", padding=True)
+        out = model.generate(
+            **enc,
+            max_new_tokens=MAX_POSITIONS - enc["input_ids"].shape[1],
+            num_return_sequences=samples,
+            pad_token_id=tokenizer.pad_token_id,
+            **(sampling or {"do_sample": False}),
+        )
+        texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        for i, text in enumerate(texts):
+            correct += last_boxed(text) == chunk[i // samples]["answer"]
+    return correct / (n * samples)

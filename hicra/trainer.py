@@ -1,0 +1,233 @@
+"""The policy update with DeepSpeed: old-policy log-probs and entropies, then the clipped policy-gradient steps.
+
+The trainer knows nothing of HICRA: it consumes per-token advantages (N, T) aligned with the response tokens.
+Runs on DeepSpeed's CPU accelerator (gloo, one rank) or on GPUs; the ZeRO stage comes from the config. Each call
+builds a fresh engine from the base model folder and, after the first iteration, loads the previous DeepSpeed
+checkpoint (weights and optimizer state), so an update can run in any process and resume anywhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import deepspeed
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hicra.core_algos import aggregate_loss, clipped_policy_loss, entropy_from_logits, masked_mean
+
+CHECKPOINT_TAG = "policy"
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    """Trainer settings (mirrors `schemas.config.TrainerSection` plus the loss fields of `AlgorithmSection`)."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    mini_batch_size: int = 32
+    micro_batch_size: int = 16
+    epochs: int = 1
+    max_grad_norm: float = 1.0
+    zero_stage: int = 0
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    loss_agg: str = "token-mean"
+    temperature: float = 1.0
+    norm_length: int = 128
+    seed: int = 0
+
+
+def init_distributed() -> None:
+    """Make this process rank 0 of a one-rank gloo group unless a launcher already set the rank variables."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+        os.environ.setdefault(key, value)
+    if os.environ["WORLD_SIZE"] == "1":
+        # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce op on init (about a minute, once per
+        # machine); with a single rank there is nothing to reduce, so skip it. Several ranks still build and use it.
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
+
+
+class Rollouts:
+    """An iteration's sequences as padded tensors: prompt+response concatenated, responses aligned at column 0.
+
+    input_ids (N, L) right-padded; response_index (N, T) the position of each response token in its sequence;
+    response_ids (N, T); response_mask (N, T) 1 on real response tokens.
+    """
+
+    def __init__(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_id: int):
+        n = len(prompt_ids)
+        seq_len = max(len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True))
+        resp_len = max(1, max(len(r) for r in response_ids))
+        self.input_ids = torch.full((n, seq_len), pad_id, dtype=torch.long)
+        self.attention_mask = torch.zeros((n, seq_len), dtype=torch.long)
+        self.response_ids = torch.full((n, resp_len), pad_id, dtype=torch.long)
+        self.response_mask = torch.zeros((n, resp_len), dtype=torch.float32)
+        self.response_index = torch.zeros((n, resp_len), dtype=torch.long)
+        for row, (prompt, response) in enumerate(zip(prompt_ids, response_ids, strict=True)):
+            full = list(prompt) + list(response)
+            self.input_ids[row, : len(full)] = torch.tensor(full)
+            self.attention_mask[row, : len(full)] = 1
+            self.response_ids[row, : len(response)] = torch.tensor(response, dtype=torch.long)
+            self.response_mask[row, : len(response)] = 1.0
+            self.response_index[row] = len(prompt) + torch.arange(resp_len).clamp(max=max(len(response) - 1, 0))
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def rows(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The tensors of some rows, trimmed to their longest sequence and response."""
+        seq_len = int(self.attention_mask[index].sum(-1).max())
+        resp_len = max(1, int(self.response_mask[index].sum(-1).max()))
+        return (
+            self.input_ids[index, :seq_len],
+            self.attention_mask[index, :seq_len],
+            self.response_index[index, :resp_len],
+            self.response_ids[index, :resp_len],
+            self.response_mask[index, :resp_len],
+        )
+
+
+def token_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_index: torch.Tensor,
+    response_ids: torch.Tensor,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob (B, T) of each response token under the model at `temperature`, and the policy's entropy (B, T)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    # the logits at position p predict token p + 1
+    picked = logits.gather(1, (response_index - 1)[..., None].expand(-1, -1, logits.shape[-1])).float() / temperature
+    logprob = torch.log_softmax(picked, dim=-1).gather(-1, response_ids[..., None])[..., 0]
+    return logprob, entropy_from_logits(picked.detach())
+
+
+class PolicyTrainer:
+    """One iteration's DeepSpeed engine over the policy."""
+
+    def __init__(self, base_model_dir: Path, config: UpdateConfig, resume_from: Path | None = None):
+        init_distributed()
+        torch.manual_seed(config.seed)
+        self.config = config
+        self.base_model_dir = Path(base_model_dir)
+        model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+        model.config.use_cache = False
+        ds_config = {
+            "train_batch_size": config.mini_batch_size,
+            "train_micro_batch_size_per_gpu": config.micro_batch_size,
+            "gradient_accumulation_steps": config.mini_batch_size // config.micro_batch_size,
+            "gradient_clipping": config.max_grad_norm,
+            "optimizer": {
+                "type": "AdamW",
+                "params": {"lr": config.lr, "weight_decay": config.weight_decay, "torch_adam": True},
+            },
+            "zero_optimization": {"stage": config.zero_stage},
+            "steps_per_print": 1 << 30,
+            "wall_clock_breakdown": False,
+        }
+        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+        if resume_from is not None:
+            path, _ = self.engine.load_checkpoint(str(resume_from), tag=CHECKPOINT_TAG)
+            if path is None:
+                raise FileNotFoundError(f"no DeepSpeed checkpoint in {resume_from}")
+
+    @torch.no_grad()
+    def old_logprobs(self, rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs and entropies (N, T) of the rollouts' response tokens under the policy before the update."""
+        self.engine.module.eval()
+        n, width = rollouts.response_ids.shape
+        logprob, entropy = torch.zeros(n, width), torch.zeros(n, width)
+        for start in range(0, n, self.config.micro_batch_size):
+            index = torch.arange(start, min(start + self.config.micro_batch_size, n))
+            ids, attn, resp_index, resp_ids, resp_mask = rollouts.rows(index)
+            lp, ent = token_logprobs(self.engine.module, ids, attn, resp_index, resp_ids, self.config.temperature)
+            logprob[index, : lp.shape[1]] = lp * resp_mask
+            entropy[index, : ent.shape[1]] = ent * resp_mask
+        return logprob, entropy
+
+    def update(
+        self,
+        rollouts: Rollouts,
+        advantages: torch.Tensor,
+        old_logprob: torch.Tensor,
+        on_step: Callable[[dict], None] | None = None,
+    ) -> list[dict]:
+        """Clipped policy-gradient steps over the rollouts; advantages and old_logprob are (N, T). Returns step metrics.
+
+        Each optimizer step takes `mini_batch_size` sequences in shuffled order (seeded), cut into micro-batches whose
+        losses are normalised by the step's global token and sequence counts.
+        """
+        cfg = self.config
+        self.engine.module.train()
+        generator = torch.Generator().manual_seed(cfg.seed)
+        steps = []
+        for epoch in range(cfg.epochs):
+            order = torch.randperm(len(rollouts), generator=generator)
+            for start in range(0, len(rollouts), cfg.mini_batch_size):
+                mini = order[start : start + cfg.mini_batch_size]
+                global_tokens = int(rollouts.response_mask[mini].sum())
+                totals = {"loss": 0.0, "clipped": 0.0, "kl": 0.0, "entropy": 0.0}
+                for micro_start in range(0, len(mini), cfg.micro_batch_size):
+                    index = mini[micro_start : micro_start + cfg.micro_batch_size]
+                    ids, attn, resp_index, resp_ids, mask = rollouts.rows(index)
+                    width = resp_ids.shape[1]
+                    logprob, entropy = token_logprobs(self.engine, ids, attn, resp_index, resp_ids, cfg.temperature)
+                    old = old_logprob[index, :width]
+                    per_token, clipped = clipped_policy_loss(
+                        logprob, old, advantages[index, :width], cfg.clip_low, cfg.clip_high
+                    )
+                    loss = aggregate_loss(per_token, mask, cfg.loss_agg, global_tokens, len(mini), cfg.norm_length)
+                    self.engine.backward(loss, scale_wrt_gas=False)
+                    self.engine.step()
+                    share = float(mask.sum()) / max(global_tokens, 1)
+                    totals["loss"] += float(loss.detach())
+                    totals["clipped"] += float(masked_mean(clipped, mask)) * share
+                    totals["kl"] += float(masked_mean(0.5 * (logprob.detach() - old) ** 2, mask)) * share
+                    totals["entropy"] += float(masked_mean(entropy, mask)) * share
+                grad_norm = self.engine.get_global_grad_norm()
+                metrics = {
+                    "step": len(steps),
+                    "epoch": epoch,
+                    "loss": totals["loss"],
+                    "pg_loss": totals["loss"],
+                    "clip_fraction": totals["clipped"],
+                    "approx_kl": totals["kl"],
+                    "entropy": totals["entropy"],
+                    "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                    "lr": float(self.engine.get_lr()[0]),
+                    "num_sequences": len(mini),
+                    "num_tokens": global_tokens,
+                }
+                steps.append(metrics)
+                if on_step:
+                    on_step(metrics)
+        return steps
+
+    def save(self, deepspeed_dir: Path, hf_dir: Path, client_state: dict | None = None) -> None:
+        """Write the DeepSpeed checkpoint (weights and optimizer) and an HF-format folder that generators load."""
+        self.engine.save_checkpoint(str(deepspeed_dir), tag=CHECKPOINT_TAG, client_state=client_state or {})
+        module = self.engine.module
+        if self.config.zero_stage == 3:
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+                module.save_pretrained(hf_dir)
+        else:
+            module.save_pretrained(hf_dir)
+        AutoTokenizer.from_pretrained(self.base_model_dir).save_pretrained(hf_dir)
+        if (self.base_model_dir / "generation_config.json").is_file():
+            (hf_dir / "generation_config.json").write_bytes(
+                (self.base_model_dir / "generation_config.json").read_bytes()
+            )

@@ -1,0 +1,190 @@
+"""The run configuration: pydantic models loaded from YAML, whose field descriptions are the documentation.
+
+Unknown keys and bad values are errors that name the field (`trainer.lr: Input should be greater than 0`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunSection(Section):
+    id: str = Field(
+        "tiny", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run id: names the run in the warehouse."
+    )
+    seed: int = Field(0, ge=0, description="Seed of prompt choice, sampling, placebo masks and model init.")
+    iterations: int = Field(3, ge=1, description="Number of RL iterations (rollout -> verify -> annotate -> update).")
+    warehouse: str = Field(
+        "warehouse-data", description="Warehouse root folder (relative paths are relative to the working directory)."
+    )
+
+
+class TinyModelSection(Section):
+    hidden_size: int = Field(128, ge=8, description="Hidden size of the tiny Llama policy.")
+    num_layers: int = Field(4, ge=1, description="Transformer layers.")
+    num_heads: int = Field(4, ge=1, description="Attention heads.")
+    intermediate_size: int = Field(512, ge=8, description="MLP width.")
+    warmup_steps: int = Field(630, ge=0, description="Supervised warm-up steps on the synthetic task's solutions.")
+    batch_size: int = Field(32, ge=1, description="Warm-up batch size.")
+    lr: float = Field(3e-3, gt=0, description="Warm-up peak learning rate (linear warm-up, cosine decay).")
+
+
+class ModelSection(Section):
+    kind: Literal["tiny", "hf"] = Field(
+        "tiny", description="`tiny`: the embedded default policy, built and cached locally; `hf`: a model folder."
+    )
+    path: str | None = Field(None, description="HF-format model folder (config, weights, tokenizer) when kind is hf.")
+    tiny: TinyModelSection = Field(default_factory=TinyModelSection)
+
+    @model_validator(mode="after")
+    def _path_for_hf(self) -> ModelSection:
+        if self.kind == "hf" and not self.path:
+            raise ValueError("model.path is required when model.kind is 'hf'")
+        return self
+
+
+class DataSection(Section):
+    source: Literal["synthetic", "jsonl"] = Field(
+        "synthetic", description="`synthetic`: the tiny task's word problems; `jsonl`: a file of problems."
+    )
+    path: str | None = Field(None, description="JSONL file of training prompts when source is jsonl.")
+    id_field: str = Field("id", description="Row field holding a unique prompt id.")
+    problem_field: str = Field("problem", description="Row field holding the problem text.")
+    answer_field: str = Field("answer", description="Row field holding the reference answer.")
+    synthetic_size: int = Field(5000, ge=1, description="Number of synthetic training problems to draw prompts from.")
+    template: str | None = Field(None, description="Prompt template with `{problem}`; default: the plain template.")
+    use_chat_template: bool = Field(False, description="Render prompts with the tokenizer's chat template.")
+
+    @model_validator(mode="after")
+    def _path_for_jsonl(self) -> DataSection:
+        if self.source == "jsonl" and not self.path:
+            raise ValueError("data.path is required when data.source is 'jsonl'")
+        return self
+
+
+class RolloutSection(Section):
+    backend: Literal["hf"] = Field("hf", description="Generation backend: `hf` (transformers, CPU or GPU).")
+    prompts_per_iteration: int = Field(16, ge=1, description="Prompts drawn per iteration.")
+    group_size: int = Field(4, ge=1, description="G: responses sampled per prompt (one GRPO group).")
+    max_new_tokens: int = Field(128, ge=1, description="Response length limit in tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (the update divides logits by it too).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    batch_size: int = Field(64, ge=1, description="Sequences generated together.")
+
+
+class VerifierSection(Section):
+    workers: int = Field(2, ge=1, description="Verifier worker processes.")
+    timeout_s: float = Field(5.0, gt=0, description="Hard wall-clock deadline per item; a stuck worker is killed.")
+    fallbacks: list[Literal["boxed", "answer_is"]] = Field(
+        default_factory=lambda: ["boxed"], description="Answer extractors, tried in order."
+    )
+
+
+class PlanningSection(Section):
+    grams: str | None = Field(
+        None, description="Strategic Gram file (JSON list or one gram a line); default: the paper's."
+    )
+
+
+class AlgorithmSection(Section):
+    advantage: Literal["grpo", "hicra"] = Field("hicra", description="Advantage estimator (see hicra.core_algos).")
+    alpha: float = Field(0.2, ge=0, lt=1, description="HICRA amplification: A + alpha*|A| on planning tokens.")
+    adv_norm: Literal["mean", "mean_std", "none"] = Field(
+        "mean", description="Group normalisation: `mean` (paper), `mean_std` (divide by std), `none`."
+    )
+    clip_low: float = Field(0.2, ge=0, lt=1, description="PPO clip range below 1 (eps_low).")
+    clip_high: float = Field(0.28, ge=0, description="PPO clip range above 1 (eps_high, DAPO clip-higher).")
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = Field(
+        "token-mean", description="Loss aggregation over an optimizer step's tokens (global, not per micro-batch)."
+    )
+
+
+class TrainerSection(Section):
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the policy update.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    mini_batch_size: int = Field(32, ge=1, description="Sequences per optimizer step.")
+    micro_batch_size: int = Field(16, ge=1, description="Sequences per forward/backward (gradient accumulation).")
+    epochs: int = Field(1, ge=1, description="Passes over an iteration's rollouts.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage.")
+
+    @model_validator(mode="after")
+    def _micro_divides_mini(self) -> TrainerSection:
+        if self.mini_batch_size % self.micro_batch_size:
+            raise ValueError("trainer.micro_batch_size must divide trainer.mini_batch_size")
+        return self
+
+
+class RunConfig(Section):
+    run: RunSection = Field(default_factory=RunSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    rollout: RolloutSection = Field(default_factory=RolloutSection)
+    verifier: VerifierSection = Field(default_factory=VerifierSection)
+    planning: PlanningSection = Field(default_factory=PlanningSection)
+    algorithm: AlgorithmSection = Field(default_factory=AlgorithmSection)
+    trainer: TrainerSection = Field(default_factory=TrainerSection)
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> RunConfig:
+        batch = self.rollout.prompts_per_iteration * self.rollout.group_size
+        if batch % self.trainer.mini_batch_size:
+            raise ValueError(
+                f"trainer.mini_batch_size ({self.trainer.mini_batch_size}) must divide the iteration's batch "
+                f"(rollout.prompts_per_iteration * rollout.group_size = {batch})"
+            )
+        return self
+
+    def config_hash(self) -> str:
+        """Hash of every field that changes what a run computes (not its length or where it is stored)."""
+        data = self.model_dump(mode="json")
+        data["run"].pop("iterations")
+        data["run"].pop("warehouse")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the field."""
+
+
+def load_config(path: str | Path | None = None, **overrides: object) -> RunConfig:
+    """Load a YAML run config (or the defaults when path is None) and apply dotted overrides like `run.id`."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        lines = [f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in err.errors()]
+        raise ConfigError(f"{path or 'config'}: " + "; ".join(lines)) from err

@@ -1,0 +1,280 @@
+"""The stage tasks of one iteration: rollout -> verify -> annotate -> update, each committed atomically."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from transformers import AutoTokenizer
+
+from hicra.core_algos import AdvantageConfig, get_advantage_fn, group_advantage
+from hicra.data import Prompt, load_jsonl_prompts, prompts_for_iteration
+from hicra.generate import HFGenerator, derive_seed
+from hicra.grams import GramMatcher, annotate, grams_version, load_grams
+from hicra.prompts import render_prompt
+from hicra.tiny import build_tiny_policy, synthetic_problems
+from hicra.trainer import PolicyTrainer, Rollouts, UpdateConfig
+from hicra.verifier import Verifier
+from schemas.config import RunConfig
+from schemas.tables import AdvantageRow, CheckpointRow, PlanningRow, RolloutRow, ScoreRow, TrainStepRow, to_table
+from tasks.common import begin_stage, console, open_warehouse, policy_dir
+
+STAGE_TASK = {"cache_policy": NO_CACHE, "retries": 0}
+
+
+@task(name="prepare-policy", task_run_name="{config.run.id}-prepare-policy", **STAGE_TASK)
+def prepare_policy(config: RunConfig) -> str:
+    """The base model folder: the embedded tiny policy (built once, then cached) or the configured HF folder."""
+    if config.model.kind == "hf":
+        path = Path(config.model.path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model.path {path} is not an HF model folder (no config.json)")
+        return str(path)
+    tiny = config.model.tiny
+    with console.status("building the tiny policy (first run only, then cached)") as status:
+
+        def progress(step: int, total: int, loss: float) -> None:
+            status.update(f"warming up the tiny policy: step {step}/{total}, loss {loss:.3f}")
+
+        path = build_tiny_policy(
+            hidden_size=tiny.hidden_size,
+            num_layers=tiny.num_layers,
+            num_heads=tiny.num_heads,
+            intermediate_size=tiny.intermediate_size,
+            warmup_steps=tiny.warmup_steps,
+            batch_size=tiny.batch_size,
+            lr=tiny.lr,
+            seed=config.run.seed,
+            progress=progress,
+        )
+    return str(path)
+
+
+def _load_prompts(config: RunConfig) -> list[Prompt]:
+    data = config.data
+    if data.source == "synthetic":
+        return [
+            Prompt(p["id"], p["problem"], p["answer"]) for p in synthetic_problems(data.synthetic_size, config.run.seed)
+        ]
+    return load_jsonl_prompts(data.path, data.id_field, data.problem_field, data.answer_field)
+
+
+@task(name="rollout", task_run_name="{config.run.id}-i{iteration}-rollout", **STAGE_TASK)
+def rollout(config: RunConfig, iteration: int, base_model_dir: str) -> None:
+    """Sample G responses for each of the iteration's prompts with the previous iteration's policy."""
+    store = open_warehouse(config)
+    if not begin_stage(store, config, iteration, "rollout"):
+        return
+    started = time.perf_counter()
+    run, ro = config.run, config.rollout
+    prompts = prompts_for_iteration(_load_prompts(config), ro.prompts_per_iteration, run.id, run.seed, iteration)
+    generator = HFGenerator(policy_dir(store, config, iteration, base_model_dir))
+    texts = [
+        render_prompt(p.problem, generator.tokenizer, config.data.template, config.data.use_chat_template)
+        for p in prompts
+    ]
+    prompt_ids = generator.encode_prompts(texts)
+    jobs = [(g, s) for g in range(len(prompts)) for s in range(ro.group_size)]
+    seeds = [derive_seed("sample", run.id, run.seed, iteration, prompts[g].id, s) for g, s in jobs]
+    outputs = generator.generate(
+        [prompt_ids[g] for g, _ in jobs], seeds, ro.max_new_tokens, ro.temperature, ro.top_p, ro.batch_size
+    )
+    rows = [
+        RolloutRow(
+            run_id=run.id,
+            iteration=iteration,
+            rollout_id=f"{run.id}/{iteration}/{g}/{s}",
+            prompt_id=prompts[g].id,
+            group_index=g,
+            sample_index=s,
+            prompt=texts[g],
+            reference=prompts[g].answer,
+            prompt_token_ids=prompt_ids[g],
+            response=out.text,
+            response_token_ids=out.token_ids,
+            sampler_logprobs=out.logprobs,
+            finish_reason=out.finish_reason,
+            response_length=len(out.token_ids),
+            seed=seed,
+            policy_iteration=iteration - 1,
+        )
+        for (g, s), seed, out in zip(jobs, seeds, outputs, strict=True)
+    ]
+    store.commit_stage(run.id, iteration, "rollout", {"rollouts": to_table(RolloutRow, rows)})
+    tokens = sum(r.response_length for r in rows)
+    seconds = time.perf_counter() - started
+    console.print(f"  iteration {iteration} rollout: {len(rows)} responses, {tokens} tokens in {seconds:.1f}s")
+
+
+@task(name="verify", task_run_name="{config.run.id}-i{iteration}-verify", **STAGE_TASK)
+def verify(config: RunConfig, iteration: int) -> None:
+    """Score every rollout against its reference with math-verify in worker processes under a deadline."""
+    store = open_warehouse(config)
+    if not begin_stage(store, config, iteration, "verify"):
+        return
+    started = time.perf_counter()
+    rollouts = store.read_table("rollouts", config.run.id, iteration).to_pydict()
+    vc = config.verifier
+    with Verifier(workers=vc.workers, timeout_s=vc.timeout_s, fallbacks=tuple(vc.fallbacks)) as verifier:
+        results = verifier.score(rollouts["response"], rollouts["reference"])
+    rows = [
+        ScoreRow(
+            run_id=config.run.id,
+            iteration=iteration,
+            rollout_id=rid,
+            reward=r.reward,
+            correct=r.reward > 0,
+            status=r.status,
+            extracted=r.extracted,
+            verify_seconds=r.seconds,
+        )
+        for rid, r in zip(rollouts["rollout_id"], results, strict=True)
+    ]
+    store.commit_stage(config.run.id, iteration, "verify", {"scores": to_table(ScoreRow, rows)})
+    not_ok = sum(r.status != "ok" for r in results)
+    seconds = time.perf_counter() - started
+    console.print(f"  iteration {iteration} verify: {len(rows)} scored, {not_ok} not ok, in {seconds:.1f}s")
+
+
+@task(name="annotate", task_run_name="{config.run.id}-i{iteration}-annotate", **STAGE_TASK)
+def annotate_planning(config: RunConfig, iteration: int, base_model_dir: str) -> None:
+    """Mark planning tokens: Strategic Gram matches in the decoded response, mapped to tokens by character spans."""
+    store = open_warehouse(config)
+    if not begin_stage(store, config, iteration, "annotate"):
+        return
+    started = time.perf_counter()
+    rollouts = store.read_table("rollouts", config.run.id, iteration).to_pydict()
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    grams = load_grams(Path(config.planning.grams) if config.planning.grams else None)
+    matcher, version = GramMatcher(grams), grams_version(grams)
+    eos = tokenizer.eos_token_id
+    rows = []
+    for rid, ids in zip(rollouts["rollout_id"], rollouts["response_token_ids"], strict=True):
+        text_ids = ids[:-1] if ids and ids[-1] == eos else ids
+        _, spans, mask = annotate(text_ids, tokenizer, matcher)
+        mask = list(mask) + [0] * (len(ids) - len(text_ids))
+        rows.append(
+            PlanningRow(
+                run_id=config.run.id,
+                iteration=iteration,
+                rollout_id=rid,
+                planning_mask=mask,
+                spans=[{"start": s.start, "end": s.end, "gram": s.gram} for s in spans],
+                num_planning_tokens=sum(mask),
+                grams_version=version,
+            )
+        )
+    store.commit_stage(config.run.id, iteration, "annotate", {"planning": to_table(PlanningRow, rows)})
+    share = sum(r.num_planning_tokens for r in rows) / max(1, sum(len(r.planning_mask) for r in rows))
+    seconds = time.perf_counter() - started
+    console.print(f"  iteration {iteration} annotate: planning-token share {share:.3f} in {seconds:.2f}s")
+
+
+def _by_rollout(table: pa.Table, column: str) -> dict:
+    """One column of a per-rollout table as a dict keyed by rollout_id."""
+    data = table.select(["rollout_id", column]).to_pydict()
+    return dict(zip(data["rollout_id"], data[column], strict=True))
+
+
+def _padded(rows: list[list[float]], width: int) -> torch.Tensor:
+    out = torch.zeros(len(rows), width)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.float32)
+    return out
+
+
+@task(name="update", task_run_name="{config.run.id}-i{iteration}-update", **STAGE_TASK)
+def update(config: RunConfig, iteration: int, base_model_dir: str) -> None:
+    """Compute advantages and run the DeepSpeed policy update; save the checkpoint and its HF export."""
+    store = open_warehouse(config)
+    if not begin_stage(store, config, iteration, "update"):
+        return
+    started = time.perf_counter()
+    run, algo, tr = config.run, config.algorithm, config.trainer
+    rollouts = store.read_table("rollouts", run.id, iteration).to_pydict()
+    ids = rollouts["rollout_id"]
+    reward = _by_rollout(store.read_table("scores", run.id, iteration), "reward")
+    planning = _by_rollout(store.read_table("planning", run.id, iteration), "planning_mask")
+    pad_id = AutoTokenizer.from_pretrained(base_model_dir).pad_token_id or 0
+    batch = Rollouts(rollouts["prompt_token_ids"], rollouts["response_token_ids"], pad_id)
+    width = batch.response_ids.shape[1]
+    rewards = torch.tensor([reward[r] for r in ids], dtype=torch.float32)
+    group_index = torch.tensor(rollouts["group_index"], dtype=torch.long)
+    planning_mask = _padded([planning[r] for r in ids], width)
+
+    update_config = UpdateConfig(
+        lr=tr.lr,
+        weight_decay=tr.weight_decay,
+        mini_batch_size=tr.mini_batch_size,
+        micro_batch_size=tr.micro_batch_size,
+        epochs=tr.epochs,
+        max_grad_norm=tr.max_grad_norm,
+        zero_stage=tr.zero_stage,
+        clip_low=algo.clip_low,
+        clip_high=algo.clip_high,
+        loss_agg=algo.loss_agg,
+        temperature=config.rollout.temperature,
+        norm_length=config.rollout.max_new_tokens,
+        seed=derive_seed("update", run.id, run.seed, iteration),
+    )
+    resume = store.checkpoint_dir(run.id, iteration - 1) / "deepspeed" if iteration > 0 else None
+    trainer = PolicyTrainer(Path(base_model_dir), update_config, resume_from=resume)
+    old_logprob, entropy = trainer.old_logprobs(batch)
+    advantage_fn = get_advantage_fn(algo.advantage)
+    advantages, amplified = advantage_fn(
+        rewards,
+        group_index,
+        batch.response_mask,
+        planning_mask,
+        AdvantageConfig(adv_norm=algo.adv_norm, alpha=algo.alpha),
+    )
+    steps = trainer.update(batch, advantages, old_logprob)
+
+    staging = store.staging_dir(run.id, iteration, "update")
+    trainer.save(staging / "deepspeed", staging / "hf", client_state={"run_id": run.id, "iteration": iteration})
+    final = store.checkpoint_dir(run.id, iteration)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging, final)
+    lengths = batch.response_mask.sum(-1).long().tolist()
+    sequence_adv = group_advantage(rewards, group_index, algo.adv_norm)
+    adv_rows = [
+        AdvantageRow(
+            run_id=run.id,
+            iteration=iteration,
+            rollout_id=rid,
+            sequence_advantage=float(sequence_adv[k]),
+            advantage=advantages[k, :n].tolist(),
+            amplified_mask=amplified[k, :n].to(torch.int8).tolist(),
+            old_logprob=old_logprob[k, :n].tolist(),
+            entropy=entropy[k, :n].tolist(),
+        )
+        for k, (rid, n) in enumerate(zip(ids, lengths, strict=True))
+    ]
+    step_rows = [TrainStepRow(run_id=run.id, iteration=iteration, **s) for s in steps]
+    checkpoint = CheckpointRow(
+        run_id=run.id,
+        iteration=iteration,
+        hf_path=str((final / "hf").relative_to(store.root)),
+        deepspeed_path=str((final / "deepspeed").relative_to(store.root)),
+        global_step=int(trainer.engine.global_steps),
+        created_at=dt.datetime.now(dt.UTC),
+    )
+    store.commit_stage(
+        run.id,
+        iteration,
+        "update",
+        {
+            "advantages": to_table(AdvantageRow, adv_rows),
+            "train_steps": to_table(TrainStepRow, step_rows),
+            "checkpoints": to_table(CheckpointRow, [checkpoint]),
+        },
+    )
+    loss = sum(s["loss"] for s in steps) / len(steps)
+    seconds = time.perf_counter() - started
+    console.print(f"  iteration {iteration} update: {len(steps)} optimizer steps, loss {loss:.4f} in {seconds:.1f}s")

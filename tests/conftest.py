@@ -1,0 +1,42 @@
+"""Shared fixtures: offline Prefect settings, a session cache for tiny policies, a small run config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("HICRA_CACHE", str(Path.home() / ".cache" / "hicra-tests"))
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A policy small enough to warm up in seconds, yet trained enough to answer some problems right.
+TEST_MODEL = {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 256, "warmup_steps": 150}
+
+
+def small_config(warehouse: Path, run_id: str = "t", iterations: int = 2, **sections: dict) -> dict:
+    """A run config (as a dict) for a 2-iteration run of the small test policy in `warehouse`."""
+    config = {
+        "run": {"id": run_id, "seed": 0, "iterations": iterations, "warehouse": str(warehouse)},
+        "model": {"kind": "tiny", "tiny": dict(TEST_MODEL)},
+        "rollout": {"prompts_per_iteration": 8, "group_size": 4, "max_new_tokens": 96, "batch_size": 32},
+        "verifier": {"workers": 1},
+        "trainer": {"mini_batch_size": 16, "micro_batch_size": 8, "lr": 1e-3},
+    }
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    return config
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real Prefect server for the whole session (Prefect's own test harness); yields its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield PREFECT_API_URL.value()

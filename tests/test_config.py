@@ -1,0 +1,50 @@
+"""The run config: defaults validate, bad input names the field, the hash guards resume."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas.config import ConfigError, RunConfig, load_config
+from tests.conftest import ROOT
+
+
+def test_shipped_tiny_config_loads():
+    config = load_config(ROOT / "configs" / "tiny.yaml")
+    assert config.algorithm.advantage == "hicra"
+    assert config.algorithm.alpha == 0.2
+    assert config.run.iterations >= 3
+
+
+def test_unknown_key_names_the_field(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("trainer:\n  lr: 1e-4\n  learning_rate: 3\n")
+    with pytest.raises(ConfigError, match=r"trainer\.learning_rate"):
+        load_config(path)
+
+
+def test_bad_value_names_the_field(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("algorithm:\n  alpha: 1.5\n")
+    with pytest.raises(ConfigError, match=r"algorithm\.alpha"):
+        load_config(path)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "x.yaml").write_text("run: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "x.yaml")
+
+
+def test_batch_must_split_into_mini_batches():
+    with pytest.raises(ConfigError, match="mini_batch_size"):
+        load_config(None, **{"trainer.mini_batch_size": 24, "trainer.micro_batch_size": 8})
+
+
+def test_hash_ignores_length_and_location_but_not_algorithm():
+    base = RunConfig()
+    longer = load_config(None, **{"run.iterations": 50, "run.warehouse": "/elsewhere"})
+    other = load_config(None, **{"algorithm.alpha": 0.1})
+    assert base.config_hash() == longer.config_hash()
+    assert base.config_hash() != other.config_hash()

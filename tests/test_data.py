@@ -1,0 +1,53 @@
+"""Prompt datasets: bad rows are named; each iteration's prompts are a function of (run, seed, iteration)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hicra.data import DataError, Prompt, load_jsonl_prompts, prompts_for_iteration
+from tests.conftest import ROOT
+
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def test_loads_a_shared_benchmark():
+    prompts = load_jsonl_prompts(SHARED / "benchmarks" / "aime24.jsonl")
+    assert len(prompts) == 30 and all(p.answer for p in prompts)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_jsonl_prompts(tmp_path / "none.jsonl")
+
+
+def test_row_without_answer_is_named(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(
+        json.dumps({"id": "a", "problem": "1+1", "answer": "2"}) + "\n" + json.dumps({"id": "b", "problem": "x"})
+    )
+    with pytest.raises(DataError, match=r"d\.jsonl:2: row has no 'answer'"):
+        load_jsonl_prompts(path)
+
+
+def test_duplicate_id_and_bad_json(tmp_path):
+    path = tmp_path / "d.jsonl"
+    row = json.dumps({"id": "a", "problem": "1+1", "answer": "2"})
+    path.write_text(row + "\n" + row + "\n")
+    with pytest.raises(DataError, match="duplicate id 'a'"):
+        load_jsonl_prompts(path)
+    path.write_text(row + "\n{oops\n")
+    with pytest.raises(DataError, match=r":2: not valid JSON"):
+        load_jsonl_prompts(path)
+
+
+def test_iteration_prompts_are_deterministic_and_walk_epochs():
+    prompts = [Prompt(str(i), f"q{i}", str(i)) for i in range(10)]
+    first = prompts_for_iteration(prompts, 4, "run", 0, 0)
+    assert first == prompts_for_iteration(prompts, 4, "run", 0, 0)
+    assert first != prompts_for_iteration(prompts, 4, "other-run", 0, 0)
+    epoch = [p for i in range(2) for p in prompts_for_iteration(prompts, 4, "run", 0, i)] + prompts_for_iteration(
+        prompts, 2, "run", 0, 4
+    )
+    assert sorted(p.id for p in epoch) == sorted(p.id for p in prompts)  # no repeats within an epoch
