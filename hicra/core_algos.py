@@ -1,14 +1,16 @@
 """Advantage estimators and policy losses as small pure tensor functions behind name registries.
 
 Shapes: B responses, T response tokens (right-padded), `response_mask` (B, T) is 1 on real response tokens.
-Every advantage estimator has the signature of `AdvantageFn` and returns per-token advantages (B, T) and the
-mask of tokens whose advantage it amplified (B, T). The trainer knows nothing of the algorithm: it consumes the
+Every advantage estimator has the signature of `AdvantageFn`: rewards (B,), group_index (B,) long, response_mask,
+planning_mask and entropy (B, T), a config; it returns per-token advantages (B, T) and the mask of tokens whose
+advantage it amplified (B, T). The trainer knows nothing of the algorithm: it consumes the
 per-token advantages. Reference: Wang et al., "Emergent Hierarchical Reasoning in LLMs through Reinforcement
 Learning", arXiv 2509.03646, Section 3 (HICRA) and the baselines of its Section 4.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,6 +26,9 @@ class AdvantageConfig:
 
     adv_norm: str = "mean"
     alpha: float = 0.2
+    entropy_fraction: float = 0.3
+    placebo_ngram: int = 3
+    seed: int = 0
 
 
 class AdvantageFn(Protocol):
@@ -33,6 +38,7 @@ class AdvantageFn(Protocol):
         group_index: Tensor,
         response_mask: Tensor,
         planning_mask: Tensor,
+        entropy: Tensor,
         config: AdvantageConfig,
     ) -> tuple[Tensor, Tensor]: ...
 
@@ -87,7 +93,7 @@ def amplify(advantages: Tensor, mask: Tensor, alpha: float) -> Tensor:
 
 
 @register_advantage("grpo")
-def grpo_advantage(rewards, group_index, response_mask, planning_mask, config):
+def grpo_advantage(rewards, group_index, response_mask, planning_mask, entropy, config):
     """GRPO: the group advantage broadcast to every response token. Returns (B, T) advantages, (B, T) zero mask."""
     adv = group_advantage(rewards, group_index, config.adv_norm)
     token_adv = adv[:, None] * response_mask.to(adv.dtype)
@@ -95,25 +101,114 @@ def grpo_advantage(rewards, group_index, response_mask, planning_mask, config):
 
 
 @register_advantage("hicra")
-def hicra_advantage(rewards, group_index, response_mask, planning_mask, config):
+def hicra_advantage(rewards, group_index, response_mask, planning_mask, entropy, config):
     """HICRA (paper Eq. 3): A + alpha*|A| on planning tokens (Strategic Gram tokens), A on execution tokens."""
-    token_adv, _ = grpo_advantage(rewards, group_index, response_mask, planning_mask, config)
+    token_adv, _ = grpo_advantage(rewards, group_index, response_mask, planning_mask, entropy, config)
     mask = planning_mask.to(response_mask.dtype) * response_mask
     return amplify(token_adv, mask, config.alpha), mask
 
 
+@register_advantage("high_entropy")
+def high_entropy_advantage(rewards, group_index, response_mask, planning_mask, entropy, config):
+    """The paper's "High-Entropy Advantage" baseline: HICRA's re-weighting on the batch's top-entropy tokens.
+
+    The mask is the `entropy_fraction` (default 0.3) of all response tokens of the batch with the highest policy
+    entropy (ceil of the fraction of the token count; ties broken by position).
+    """
+    token_adv, _ = grpo_advantage(rewards, group_index, response_mask, planning_mask, entropy, config)
+    mask = top_entropy_mask(entropy, response_mask, config.entropy_fraction)
+    return amplify(token_adv, mask, config.alpha), mask
+
+
+@register_advantage("placebo")
+def placebo_advantage(rewards, group_index, response_mask, planning_mask, entropy, config):
+    """The paper's "Placebo HICRA": the re-weighting on random n-grams, as many tokens per response as it has
+    planning tokens (seeded by `config.seed`)."""
+    token_adv, _ = grpo_advantage(rewards, group_index, response_mask, planning_mask, entropy, config)
+    counts = (planning_mask.to(response_mask.dtype) * response_mask).sum(-1).long()
+    mask = random_ngram_mask(response_mask, counts, config.placebo_ngram, config.seed)
+    return amplify(token_adv, mask, config.alpha), mask
+
+
+def top_entropy_mask(entropy: Tensor, response_mask: Tensor, fraction: float) -> Tensor:
+    """0/1 mask (B, T) of the ceil(fraction * n) response tokens of highest entropy among the batch's n tokens."""
+    valid = response_mask > 0
+    k = math.ceil(fraction * int(valid.sum()))
+    mask = torch.zeros_like(response_mask)
+    if k == 0:
+        return mask
+    scores = entropy.masked_fill(~valid, float("-inf")).flatten()
+    mask.view(-1)[scores.topk(k).indices] = 1
+    return mask
+
+
+def random_ngram_mask(response_mask: Tensor, counts: Tensor, n: int, seed: int) -> Tensor:
+    """0/1 mask (B, T) of random runs of n consecutive response tokens, exactly counts[b] tokens in row b.
+
+    Each row is cut into blocks of n tokens at a random phase; blocks are taken in a random order until they
+    cover counts[b] tokens, and the last taken block is trimmed. No Python loop over rows or tokens.
+    """
+    rows, width = response_mask.shape
+    generator = torch.Generator().manual_seed(seed)
+    phase = torch.randint(0, n, (rows, 1), generator=generator)
+    block = (torch.arange(width)[None, :] + phase) // n  # (B, T) block id of each token
+    n_blocks = int(block.max()) + 1 if width else 0
+    valid = (response_mask > 0).long()
+    tokens_per_block = torch.zeros(rows, n_blocks, dtype=torch.long).scatter_add_(1, block, valid)
+    order = torch.rand(rows, n_blocks, generator=generator).argsort(-1)
+    ordered = tokens_per_block.gather(1, order)
+    taken_ordered = (ordered.cumsum(-1) - ordered) < counts[:, None]
+    taken = torch.zeros_like(taken_ordered).scatter(1, order, taken_ordered)
+    chosen = taken.gather(1, block) & (valid > 0)
+    exact = chosen & (chosen.long().cumsum(-1) <= counts[:, None])
+    return exact.to(response_mask.dtype)
+
+
+def mixed_groups(rewards: Tensor, group_index: Tensor) -> Tensor:
+    """(B,) bool: True for responses whose group has at least two different rewards (DAPO's dynamic sampling keeps
+    only these; a group of equal rewards has zero advantage and gives no gradient)."""
+    n_groups = int(group_index.max()) + 1 if group_index.numel() else 0
+    high = torch.full((n_groups,), float("-inf")).scatter_reduce(0, group_index, rewards, "amax")
+    low = torch.full((n_groups,), float("inf")).scatter_reduce(0, group_index, rewards, "amin")
+    return (high > low)[group_index]
+
+
 def clipped_policy_loss(
-    logprob: Tensor, old_logprob: Tensor, advantages: Tensor, clip_low: float, clip_high: float
+    logprob: Tensor,
+    old_logprob: Tensor,
+    advantages: Tensor,
+    clip_low: float,
+    clip_high: float,
+    dual_clip: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-token clipped surrogate with clip-higher (DAPO): -min(r*A, clip(r, 1-eps_low, 1+eps_high)*A).
 
-    All inputs (B, T); returns the per-token loss (B, T) and a 0/1 tensor (B, T) of tokens where the clip was active.
+    With `dual_clip` = c > 1 (Ye et al. 2020), the loss of a token with A < 0 is also capped at -c*A, so a huge ratio
+    cannot blow up a negative update. All inputs (B, T); returns the per-token loss (B, T) and a 0/1 tensor (B, T)
+    of tokens where a clip was active.
     """
     ratio = torch.exp(logprob - old_logprob)
-    unclipped = ratio * advantages
-    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * advantages
-    loss = -torch.minimum(unclipped, clipped)
-    return loss, (clipped < unclipped).to(logprob.dtype)
+    unclipped = -ratio * advantages
+    clipped = -ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * advantages
+    loss = torch.maximum(unclipped, clipped)
+    active = clipped > unclipped
+    if dual_clip is not None:
+        capped = torch.minimum(loss, -dual_clip * advantages)
+        active = active | ((advantages < 0) & (capped < loss))
+        loss = torch.where(advantages < 0, capped, loss)
+    return loss, active.to(logprob.dtype)
+
+
+def kl_penalty(logprob: Tensor, ref_logprob: Tensor, estimator: str) -> Tensor:
+    """Per-token KL(pi || pi_ref) estimate (B, T) from sampled tokens (Schulman's k1, k2, k3)."""
+    log_ratio = logprob - ref_logprob
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio.square()
+    if estimator == "k3":
+        return torch.exp(-log_ratio) + log_ratio - 1.0
+    raise ValueError(f"unknown KL estimator {estimator!r}; expected k1, k2 or k3")
 
 
 def aggregate_loss(

@@ -11,7 +11,7 @@ Three parts, each linear in the length of a response:
 - `token_char_spans`: the character span of every token in the decoded text, computed from the tokens' bytes for
   byte-level BPE and SentencePiece-style tokenizers, checked against the tokenizer's own decode, with an exact (but
   quadratic) prefix-decoding fallback for any tokenizer whose decoder it cannot replay;
-- `planning_mask`: a merge of the sorted token spans with the sorted matches.
+- `planning_mask`: token starts and ends are sorted, so the tokens a match overlaps are found by bisection.
 
 The decoded text is always `tokenizer.decode(token_ids, skip_special_tokens=True)`: response ids carry no eos, and
 special tokens (skipped by that decode) get zero-width spans and are never planning tokens.
@@ -32,7 +32,7 @@ import weakref
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, compress
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +48,7 @@ _OTHER_SPACES = (
 """Every whitespace character but the space (`str.isspace`, which is also `re`'s `\\s`): ASCII ones, then others."""
 
 _SPACE_RUN = re.compile(" {2,}")
-
-_CONTINUATION_RUN = re.compile(rb"[\x80-\xbf]+")
-"""UTF-8 continuation bytes: in valid UTF-8, a maximal run of them completes the character of the byte before it."""
+"""What `_collapse` shortens once all whitespace is spaces."""
 
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 """A SentencePiece byte-fallback token, as tokenizers' `ByteFallback` decoder recognises it."""
@@ -220,6 +218,11 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 _BYTE_OF_CHAR = {char: byte for byte, char in _bytes_to_unicode().items()}
+_CONTINUATION_BYTES = bytes(range(0x80, 0xC0))
+"""UTF-8 continuation bytes; every other byte of valid UTF-8 starts a character."""
+
+_Bounds = tuple[list[int], list[int]]
+"""Token starts and token ends, two lists: what `token_char_spans` zips."""
 
 
 class _Replay:
@@ -227,57 +230,88 @@ class _Replay:
 
     Modes: "bytes" (a `ByteLevel` decoder: each id is a byte string, the text is their lossy UTF-8 decoding) and
     "sentencepiece" (`Metaspace`, or `Replace("▁", " ")` with optional `ByteFallback`/`Fuse`/`Strip`: each id is a
-    string with the meta-space replaced, or one byte). Special tokens contribute nothing (they are skipped). Any other
-    decoder gives mode None, and the caller falls back to prefix decoding.
+    string with the meta-space replaced, or one byte as an int). Special tokens contribute nothing (decoding skips
+    them). Any other decoder gives mode None, and the caller falls back to prefix decoding. The tables are built
+    once per tokenizer; no reference to the tokenizer is kept, so it can die and take its table out of `_REPLAYS`.
     """
 
     def __init__(self, tokenizer: Any):
         self.mode, self.metaspace = _replay_mode(tokenizer)
-        self.pieces: list[bytes | str | int | None] = []
+        self.size = 0
+        self.pieces: list[Any] = []
+        """Per id: bytes ("bytes" mode), or a string or a byte value ("sentencepiece" mode)."""
+        self.missing: set[int] = set()
+        """Ids below `size` that the tokenizer has no token for."""
+        self.leads: list[int] = []
+        """Per id ("bytes" mode): how many characters its bytes start (the bytes that are not continuation bytes)."""
+        self.continues: set[int] = set()
+        """Ids ("bytes" mode) whose bytes start with a continuation byte: they finish a character begun before."""
         self.byte_ids: set[int] = set()
-        """Ids of SentencePiece byte-fallback tokens."""
+        """Ids ("sentencepiece" mode) of byte-fallback tokens."""
         if self.mode is not None:
             self._build(tokenizer)
 
     def _build(self, tokenizer: Any) -> None:
-        """Tabulate every id of the tokenizer (vocabulary and added tokens). No reference to it is kept, so the
-        tokenizer can die and take its table out of `_REPLAYS`."""
+        """Tabulate every id of the tokenizer (vocabulary and added tokens)."""
         special = {i for i, added in tokenizer.added_tokens_decoder.items() if added.special}
         special |= set(tokenizer.all_special_ids)
-        pieces: list[bytes | str | int | None] = []
-        for i, token in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
-            if token is None:
-                pieces.append(None)
-            elif i in special:
-                pieces.append(b"" if self.mode == "bytes" else "")
-            elif self.mode == "bytes":
-                try:
-                    pieces.append(bytes(_BYTE_OF_CHAR[c] for c in token))
-                except KeyError:  # like tokenizers: a token with a character outside the table decodes as UTF-8
-                    pieces.append(token.encode("utf-8"))
-            else:
-                byte = _BYTE_TOKEN.fullmatch(token)
-                pieces.append(int(byte.group(1), 16) if byte else token.replace(self.metaspace, " "))
-        self.pieces = pieces
-        self.byte_ids = {i for i, piece in enumerate(pieces) if isinstance(piece, int)}
+        tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        self.size = len(tokens)
+        self.missing = {i for i, token in enumerate(tokens) if token is None}
+        tokens = ["" if token is None or i in special else token for i, token in enumerate(tokens)]
+        if self.mode == "bytes":
+            self.pieces = [_token_bytes(token) for token in tokens]
+            self.leads = [len(piece.translate(None, _CONTINUATION_BYTES)) for piece in self.pieces]
+            self.continues = {i for i, piece in enumerate(self.pieces) if piece[:1] and 0x80 <= piece[0] < 0xC0}
+        else:
+            self.pieces = [_sentencepiece_piece(token, self.metaspace) for token in tokens]
+            self.byte_ids = {i for i, piece in enumerate(self.pieces) if isinstance(piece, int)}
 
-    def replay(self, ids: list[int], tokenizer: Any) -> tuple[str, list[tuple[int, int]]] | None:
-        """The text the ids decode to and each token's span in it, or None where some id cannot be replayed."""
+    def replay(self, ids: list[int], tokenizer: Any) -> tuple[str, list[int], list[int]] | None:
+        """The text the ids decode to and the token bounds in it, or None where some id cannot be replayed."""
         if self.mode is None:
             return None
-        if max(ids) >= len(self.pieces) or min(ids) < 0:
-            self._build(tokenizer)  # tokens may have been added since the table was built
-            if max(ids) >= len(self.pieces) or min(ids) < 0:
-                return None
-        seq = list(map(self.pieces.__getitem__, ids))
-        if None in seq:
-            return None
-        if self.mode == "bytes":
-            return _byte_spans(seq)
-        if self.byte_ids.isdisjoint(ids):  # no byte fallback: the pieces are the text
-            ends = list(accumulate(map(len, seq)))
-            return "".join(seq), list(zip([0, *ends[:-1]], ends, strict=True))
-        return _sentencepiece_spans(seq)
+        if len(tokenizer) != self.size:
+            self._build(tokenizer)  # tokens were added since the table was built
+        if max(ids) >= self.size or min(ids) < 0 or not self.missing.isdisjoint(ids):
+            return None  # ids with no token (decode skips them): left to prefix decoding
+        pieces = list(map(self.pieces.__getitem__, ids))
+        if self.mode == "sentencepiece":
+            if self.byte_ids.isdisjoint(ids):  # no byte fallback: the pieces are the text
+                ends = list(accumulate(map(len, pieces)))
+                return "".join(pieces), [0, *ends[:-1]], ends
+            return _sentencepiece_bounds(pieces)
+        try:
+            text = b"".join(pieces).decode("utf-8")
+        except UnicodeDecodeError:  # a response cut inside a character, say
+            text, ends, joins = _incremental(pieces)
+        else:  # valid UTF-8: a token ends after the characters that the bytes so far start
+            ends = list(accumulate(map(self.leads.__getitem__, ids)))
+            joins = []
+            if not self.continues.isdisjoint(ids):
+                for k in compress(range(len(ids)), map(self.continues.__contains__, ids)):
+                    joins.append(k)
+                    while k > 1 and not pieces[k - 1]:  # zero-width tokens inside the character join too
+                        k -= 1
+                        joins.append(k)
+                joins.sort()
+        starts = [0, *ends[:-1]]
+        _join(starts, ends, joins)
+        return text, starts, ends
+
+
+def _token_bytes(token: str) -> bytes:
+    """The bytes of a byte-level token; like tokenizers, a token with a character outside the table is UTF-8."""
+    try:
+        return bytes(map(_BYTE_OF_CHAR.__getitem__, token))
+    except KeyError:
+        return token.encode("utf-8")
+
+
+def _sentencepiece_piece(token: str, metaspace: str) -> str | int:
+    """The text of a SentencePiece token with its meta-space replaced, or the byte value of a byte-fallback token."""
+    byte = _BYTE_TOKEN.fullmatch(token)
+    return int(byte.group(1), 16) if byte else token.replace(metaspace, " ")
 
 
 def _replay_mode(tokenizer: Any) -> tuple[str | None, str]:
@@ -288,8 +322,7 @@ def _replay_mode(tokenizer: Any) -> tuple[str | None, str]:
         return None, ""
     spec = json.loads(decoder.__getstate__())
     steps = spec["decoders"] if spec["type"] == "Sequence" else [spec]
-    kinds = [step["type"] for step in steps]
-    if kinds == ["ByteLevel"]:
+    if [step["type"] for step in steps] == ["ByteLevel"]:
         return "bytes", ""
     metaspace = None
     for step in steps:
@@ -304,110 +337,75 @@ def _replay_mode(tokenizer: Any) -> tuple[str | None, str]:
     return ("sentencepiece", metaspace) if metaspace else (None, "")
 
 
-def _byte_spans(pieces: Sequence[bytes]) -> tuple[str, list[tuple[int, int]]]:
-    """Decode concatenated token bytes as UTF-8 (invalid bytes -> U+FFFD, like Rust's lossy decoding), with spans.
+def _join(starts: list[int], ends: list[int], joins: Sequence[int]) -> None:
+    """Give every group of tokens one span, in place: token k joins token k-1 for each k in `joins` (ascending).
 
-    A character whose bytes come from several tokens makes those tokens one group, and every token of a group gets
-    the group's span (a token holding part of an emoji covers the whole emoji, and the spans still tile the text).
-    Valid UTF-8 takes a vectorised path: a token boundary's character offset is its byte offset less the
-    continuation bytes before it, and a boundary is inside a character when a continuation byte follows it.
+    Tokens that share a character (an emoji split into byte tokens; a token ending inside one character and the
+    token after it) form a group, and each gets the whole group's span: the spans stay monotone and still tile the
+    text, and a token holding part of a character covers that character.
     """
-    joined = b"".join(pieces)
-    ends = list(accumulate(map(len, pieces)))
-    if joined.isascii():
-        return joined.decode("ascii"), list(zip([0, *ends[:-1]], ends, strict=True))
-    try:
-        text = joined.decode("utf-8")
-    except UnicodeDecodeError:
-        return _lossy_byte_spans(pieces)
-    char_ends: list[int] = []
-    inside: list[int] = []  # tokens whose end falls inside a character
-    done = shift = 0
-    for run in _CONTINUATION_RUN.finditer(joined):
-        first, stop = run.span()
-        k = bisect_left(ends, first, done)
-        char_ends += [end - shift for end in ends[done:k]]
-        done = bisect_left(ends, stop, k)
-        inside += range(k, done)
-        char_ends += [first - shift] * (done - k)  # replaced by the group's span below
-        shift += stop - first
-    char_ends += [end - shift for end in ends[done:]]
-    spans = list(zip([0, *char_ends[:-1]], char_ends, strict=True))
     i = 0
-    while i < len(inside):  # each chain of consecutive inside ends, plus the token after it, is one group
-        first = last = inside[i]
-        while i + 1 < len(inside) and inside[i + 1] == last + 1:
+    while i < len(joins):
+        first = last = joins[i]
+        first -= 1
+        while i + 1 < len(joins) and joins[i + 1] == last + 1:
             i, last = i + 1, last + 1
-        spans[first : last + 2] = [(spans[first][0], spans[last + 1][1])] * (last + 2 - first)
+        starts[first : last + 1] = [starts[first]] * (last + 1 - first)
+        ends[first : last + 1] = [ends[last]] * (last + 1 - first)
         i += 1
-    return text, spans
 
 
-def _lossy_byte_spans(pieces: Sequence[bytes]) -> tuple[str, list[tuple[int, int]]]:
-    """`_byte_spans` for invalid UTF-8 (a response cut in the middle of a character), token by token.
+def _incremental(pieces: Sequence[bytes]) -> tuple[str, list[int], list[int]]:
+    """Decode token bytes one token at a time, as lossy UTF-8 (invalid bytes -> U+FFFD, as Rust's decoder does).
 
-    An incremental decoder emits each character when its last byte arrives; the tokens from the one that starts a
-    character to the one that completes it form a group.
+    Returns the text, each token's end in it, and the tokens that join the one before (see `_join`): those that
+    arrive while the bytes of an incomplete character are buffered.
     """
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     parts: list[str] = []
-    spans: list[tuple[int, int]] = []
+    ends: list[int] = []
+    joins: list[int] = []
     pos = 0
-    group = -1  # index of the first token of the open group (a character still incomplete), or -1
     last = len(pieces) - 1
     for k, piece in enumerate(pieces):
-        out = decoder.decode(piece, final=k == last)
-        parts.append(out)
-        start = spans[group][0] if group >= 0 else pos
-        pos += len(out)
-        if decoder.getstate()[0]:  # bytes of an incomplete character are buffered
-            if group < 0:
-                group = k
-            spans.append((start, -1))
-            continue
-        if group >= 0:
-            spans[group:] = [(start, pos)] * (k - group)
-            group = -1
-        spans.append((start, pos))
-    return "".join(parts), spans
+        if decoder.getstate()[0]:
+            joins.append(k)
+        parts.append(decoder.decode(piece, final=k == last))
+        pos += len(parts[-1])
+        ends.append(pos)
+    return "".join(parts), ends, joins
 
 
-def _sentencepiece_spans(pieces: Sequence[str | int]) -> tuple[str, list[tuple[int, int]]]:
-    """Replay a SentencePiece-style decoder: strings as they are, runs of byte tokens as tokenizers' `ByteFallback`.
-
-    `ByteFallback` decodes a run of byte tokens as UTF-8 when it is valid, and otherwise turns every byte token of
-    the run into one U+FFFD.
-    """
+def _sentencepiece_bounds(pieces: Sequence[str | int]) -> tuple[str, list[int], list[int]]:
+    """Replay a SentencePiece-style decoder: strings as they are, runs of byte tokens as tokenizers' `ByteFallback`,
+    which decodes a run as UTF-8 when it is valid and otherwise turns each byte token of the run into one U+FFFD."""
     parts: list[str] = []
-    spans: list[tuple[int, int]] = []
+    ends: list[int] = []
+    joins: list[int] = []
     run: list[int] = []
-    pos = 0
-
-    def flush() -> None:
-        nonlocal pos
+    for k, piece in enumerate(pieces):
+        pos = ends[-1] if ends else 0
+        if isinstance(piece, str):
+            parts.append(piece)
+            ends.append(pos + len(piece))
+            continue
+        run.append(piece)
+        if k + 1 < len(pieces) and isinstance(pieces[k + 1], int):
+            continue
         try:
-            text = bytes(run).decode("utf-8")
+            bytes(run).decode("utf-8")
         except UnicodeDecodeError:
             parts.append("\ufffd" * len(run))
-            spans.extend((pos + k, pos + k + 1) for k in range(len(run)))
+            ends += range(pos + 1, pos + len(run) + 1)
         else:
+            text, run_ends, run_joins = _incremental([bytes([b]) for b in run])
             parts.append(text)
-            spans.extend((pos + s, pos + e) for s, e in _byte_spans([bytes([b]) for b in run])[1])
-        pos += len(parts[-1])
+            ends += [pos + end for end in run_ends]
+            joins += [k + 1 - len(run) + j for j in run_joins]
         run.clear()
-
-    for piece in pieces:
-        if isinstance(piece, int):
-            run.append(piece)
-            continue
-        if run:
-            flush()
-        parts.append(piece)
-        spans.append((pos, pos + len(piece)))
-        pos += len(piece)
-    if run:
-        flush()
-    return "".join(parts), spans
+    starts = [0, *ends[:-1]]
+    _join(starts, ends, joins)
+    return "".join(parts), starts, ends
 
 
 def _common_prefix(a: str, i: int, b: str, j: int) -> int:
@@ -444,23 +442,33 @@ def _deleted_positions(src: str, dst: str) -> list[int] | None:
         i, j = i + same, j + same
         if j == len(dst):
             rest = range(i, len(src))
-            if not all(src[k].isspace() for k in rest):
-                return None
-            return deleted + list(rest)
+            return deleted + list(rest) if all(src[k].isspace() for k in rest) else None
         if i == len(src) or not src[i].isspace() or len(deleted) == extra:
             return None
         deleted.append(i)
         i += 1
 
 
-def _prefix_spans(ids: list[int], tokenizer: Any, text: str) -> list[tuple[int, int]]:
-    """Token spans by decoding every prefix of `ids` (quadratic): the fallback for decoders with no replay.
+def _shift_down(offsets: list[int], deleted: list[int]) -> list[int]:
+    """Map ascending offsets into a text through the deletion of the characters at `deleted` (ascending)."""
+    shifted: list[int] = []
+    done = 0
+    for gone, position in enumerate(deleted):
+        k = bisect_right(offsets, position, done)  # offsets up to `position` lose the `gone` deletions before it
+        shifted += [offset - gone for offset in offsets[done:k]]
+        done = k
+    shifted += [offset - len(deleted) for offset in offsets[done:]]
+    return shifted
+
+
+def _prefix_bounds(ids: list[int], tokenizer: Any, text: str) -> _Bounds:
+    """Token bounds by decoding every prefix of `ids` (quadratic): the fallback for decoders with no replay.
 
     After token k the text is known up to `reach[k]`: the length of decode(ids[:k+1]) where that is a prefix of the
     text, else the length it shares with the text (a partial character, or a clean-up waiting for the next token).
     The boundary after token k is firm when decode(ids[:k+1]) is a prefix of the text and no later prefix reaches
-    less (a byte-fallback run that turns invalid can revoke characters decoded before). The tokens between two firm
-    boundaries form one group and all get the span between them, as `_byte_spans` groups a split character.
+    less (a byte-fallback run that turns invalid can revoke characters decoded before); a token whose boundary is
+    not firm joins the next one (see `_join`).
     """
     prefixes: list[str] = []
     chunk = 256
@@ -470,23 +478,37 @@ def _prefix_spans(ids: list[int], tokenizer: Any, text: str) -> list[tuple[int, 
     if prefixes[-1] != text:
         raise ValueError("text is not tokenizer.decode(token_ids, skip_special_tokens=True)")
     exact = [text.startswith(prefix) for prefix in prefixes]
-    reach = [len(p) if ok else _common_prefix(p, 0, text, 0) for p, ok in zip(prefixes, exact, strict=True)]
-    spans: list[tuple[int, int]] = []
+    ends = [len(p) if ok else _common_prefix(p, 0, text, 0) for p, ok in zip(prefixes, exact, strict=True)]
+    joins: list[int] = []
     later = len(text)  # the least reach after token k
-    firm = [False] * len(ids)
     for k in range(len(ids) - 1, -1, -1):
-        firm[k] = exact[k] and reach[k] <= later
-        later = min(later, reach[k])
-    boundary = first_open = 0
-    for k in range(len(ids)):
-        if firm[k]:
-            spans += [(boundary, reach[k])] * (k + 1 - first_open)
-            boundary, first_open = reach[k], k + 1
-    return spans
+        if not (exact[k] and ends[k] <= later):
+            joins.append(k + 1)
+        later = min(later, ends[k])
+    joins.reverse()
+    starts = [0, *ends[:-1]]
+    _join(starts, ends, joins)
+    return starts, ends
 
 
 _REPLAYS: weakref.WeakKeyDictionary[Any, _Replay] = weakref.WeakKeyDictionary()
 """One `_Replay` table per live tokenizer object."""
+
+
+def _token_bounds(ids: list[int], tokenizer: Any, text: str) -> _Bounds:
+    """Token starts and ends in `text` (non-empty `ids`): replayed and checked where possible, else prefix-decoded."""
+    replay = _REPLAYS.get(tokenizer)
+    if replay is None:
+        replay = _REPLAYS[tokenizer] = _Replay(tokenizer)
+    replayed = replay.replay(ids, tokenizer)
+    if replayed is not None:
+        candidate, starts, ends = replayed
+        if candidate == text:
+            return starts, ends
+        deleted = _deleted_positions(candidate, text)
+        if deleted is not None:
+            return _shift_down(starts, deleted), _shift_down(ends, deleted)
+    return _prefix_bounds(ids, tokenizer, text)
 
 
 def token_char_spans(token_ids: Sequence[int], tokenizer: Any, *, text: str | None = None) -> list[tuple[int, int]]:
@@ -495,7 +517,7 @@ def token_char_spans(token_ids: Sequence[int], tokenizer: Any, *, text: str | No
     Spans are monotone (starts and ends never decrease) and lie within the text; tokens with distinct spans tile the
     text exactly. Tokens that share a multi-byte character share one span covering it; skipped special tokens are
     zero-width. Pass `text` when the caller already decoded (it must be that decode). Byte-level BPE and
-    SentencePiece-style tokenizers are replayed from the tokens' bytes in linear time, and the replay is checked
+    SentencePiece-style tokenizers are replayed from per-id tables in linear time, and the replay is checked
     against the text; anything else (or a replay that does not reproduce the text up to deleted whitespace) falls
     back to exact, quadratic prefix decoding.
     """
@@ -504,18 +526,7 @@ def token_char_spans(token_ids: Sequence[int], tokenizer: Any, *, text: str | No
         return []
     if text is None:
         text = tokenizer.decode(ids, skip_special_tokens=True)
-    replay = _REPLAYS.get(tokenizer)
-    if replay is None:
-        replay = _REPLAYS[tokenizer] = _Replay(tokenizer)
-    replayed = replay.replay(ids, tokenizer)
-    if replayed is not None:
-        candidate, spans = replayed
-        if candidate == text:
-            return spans
-        deleted = _deleted_positions(candidate, text)
-        if deleted is not None:
-            return [(s - bisect_left(deleted, s), e - bisect_left(deleted, e)) for s, e in spans]
-    return _prefix_spans(ids, tokenizer, text)
+    return list(zip(*_token_bounds(ids, tokenizer, text), strict=True))
 
 
 def planning_mask(token_ids: Sequence[int], text: str, spans: Sequence[Span], tokenizer: Any) -> list[int]:
@@ -524,17 +535,17 @@ def planning_mask(token_ids: Sequence[int], text: str, spans: Sequence[Span], to
     `text` must be `tokenizer.decode(token_ids, skip_special_tokens=True)` and `spans` matches in it. Token starts
     and ends are sorted, so the tokens overlapping a match are one slice, found by bisection.
     """
-    token_spans = token_char_spans(token_ids, tokenizer, text=text)
-    mask = [0] * len(token_spans)
-    if not token_spans or not spans:
+    ids = list(token_ids)
+    mask = [0] * len(ids)
+    if not ids or not spans:
         return mask
-    starts, ends = zip(*token_spans, strict=True)
+    starts, ends = _token_bounds(ids, tokenizer, text)
     for start, end in _merge(spans):
         first = bisect_right(ends, start)  # the first token ending after the match starts
         stop = bisect_left(starts, end, first)  # the first token starting at or after the match's end
         mask[first:stop] = [1] * (stop - first)
     if any(map(operator.eq, starts, ends)):
-        for k, (start, end) in enumerate(token_spans):
+        for k, (start, end) in enumerate(zip(starts, ends, strict=True)):
             if start == end:
                 mask[k] = 0
     return mask

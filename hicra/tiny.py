@@ -32,7 +32,7 @@ from transformers import (
 
 from hicra.prompts import PLAIN_TEMPLATE
 
-TASK_VERSION = "synth-arith-v1"
+TASK_VERSION = "synth-arith-v2"
 """Bump when the task text, tokenizer recipe or training recipe changes: it is part of the cache key."""
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
@@ -68,8 +68,8 @@ def _apply(a: int, op: str, b: int) -> int:
     return {"+": a + b, "-": a - b, "*": a * b}[op]
 
 
-def _pens(v: list[int], name: str, _other: str) -> tuple[str, list[Step]]:
-    a, b, c = v[:3]
+def _pens(v: list[int], name: str) -> tuple[str, list[Step]]:
+    a, b, c = v
     problem = (
         f"{name} buys {a} pens that cost {b} dollars each and a notebook that costs {c} dollars. "
         f"How much does {name} spend in total?"
@@ -77,21 +77,21 @@ def _pens(v: list[int], name: str, _other: str) -> tuple[str, list[Step]]:
     return problem, [("find the cost of the pens", a, "*", b), ("add the cost of the notebook", a * b, "+", c)]
 
 
-def _apples(v: list[int], name: str, _other: str) -> tuple[str, list[Step]]:
+def _apples(v: list[int], name: str) -> tuple[str, list[Step]]:
     a, b, c, d = v
     problem = (
-        f"{name} has {a} apples. {name} picks {b} bags with {c} apples in each bag and then eats {d} apples. "
+        f"{name} picks {a} bags with {b} apples in each bag. {name} already had {c} apples and then eats {d} apples. "
         f"How many apples does {name} have now?"
     )
     return problem, [
-        ("find how many apples are in the bags", b, "*", c),
-        (f"add the apples {name} already had", b * c, "+", a),
-        ("subtract the apples that were eaten", b * c + a, "-", d),
+        ("find how many apples are in the bags", a, "*", b),
+        ("add the apples from before", a * b, "+", c),
+        ("subtract the apples that were eaten", a * b + c, "-", d),
     ]
 
 
-def _shelves(v: list[int], _name: str, _other: str) -> tuple[str, list[Step]]:
-    a, b, c = v[:3]
+def _shelves(v: list[int], _name: str) -> tuple[str, list[Step]]:
+    a, b, c = v
     problem = (
         f"A library has {a} shelves with {b} books on each shelf. Then {c} books are borrowed. "
         "How many books are left on the shelves?"
@@ -99,7 +99,7 @@ def _shelves(v: list[int], _name: str, _other: str) -> tuple[str, list[Step]]:
     return problem, [("find the number of books", a, "*", b), ("subtract the borrowed books", a * b, "-", c)]
 
 
-def _cookies(v: list[int], name: str, _other: str) -> tuple[str, list[Step]]:
+def _cookies(v: list[int], name: str) -> tuple[str, list[Step]]:
     a, b, c, d = v
     problem = (
         f"{name} bakes {a} trays with {b} cookies on each tray. {name} gives {c} cookies to a friend "
@@ -112,21 +112,19 @@ def _cookies(v: list[int], name: str, _other: str) -> tuple[str, list[Step]]:
     ]
 
 
-def _marbles(v: list[int], name: str, other: str) -> tuple[str, list[Step]]:
-    a, b = v[:2]
-    problem = (
-        f"{name} has {a} marbles. {other} has {b} more marbles than {name}. How many marbles do they have together?"
-    )
-    return problem, [(f"find how many marbles {other} has", a, "+", b), ("add the marbles of both", a, "+", a + b)]
+def _marbles(v: list[int], name: str) -> tuple[str, list[Step]]:
+    a, b = v
+    problem = f"{name} has {a} marbles. A friend has {b} more marbles than {name}. How many marbles do they have?"
+    return problem, [("find how many marbles the friend has", a, "+", b), ("add the marbles of both", a, "+", a + b)]
 
 
-def _tickets(v: list[int], name: str, _other: str) -> tuple[str, list[Step]]:
-    a, b, c = v[:3]
+def _tickets(v: list[int], name: str) -> tuple[str, list[Step]]:
+    a, b, c = v
     problem = (
-        f"A ticket to the fair costs {a} dollars. {name} buys {b} tickets for adults and {c} tickets for children. "
+        f"{name} buys {a} tickets for adults and {b} tickets for children. Each ticket costs {c} dollars. "
         f"How much does {name} pay?"
     )
-    return problem, [("find the number of tickets", b, "+", c), ("multiply by the price of a ticket", b + c, "*", a)]
+    return problem, [("find the number of tickets", a, "+", b), ("multiply by the price of a ticket", a + b, "*", c)]
 
 
 TEMPLATES = [(_pens, 3), (_apples, 4), (_shelves, 3), (_cookies, 4), (_marbles, 2), (_tickets, 3)]
@@ -161,8 +159,7 @@ def _problem(seed: int, split: str, index: int) -> dict:
         template = rng.randrange(len(TEMPLATES))
         make, count = TEMPLATES[template]
         numbers = [rng.randint(1, 9) for _ in range(count)]
-        name, other = rng.sample(NAMES, 2)
-        problem, steps = make(numbers, name, other)
+        problem, steps = make(numbers, rng.choice(NAMES))
         if _split_of(template, numbers) != split or any(_apply(a, op, b) < 0 for _, a, op, b in steps):
             continue
         solution, answer = _solution(steps, rng)

@@ -19,7 +19,7 @@ import deepspeed
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hicra.core_algos import aggregate_loss, clipped_policy_loss, entropy_from_logits, masked_mean
+from hicra.core_algos import aggregate_loss, clipped_policy_loss, entropy_from_logits, kl_penalty, masked_mean
 
 CHECKPOINT_TAG = "policy"
 
@@ -37,7 +37,11 @@ class UpdateConfig:
     zero_stage: int = 0
     clip_low: float = 0.2
     clip_high: float = 0.28
+    dual_clip: float | None = None
     loss_agg: str = "token-mean"
+    entropy_coef: float = 0.0
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
     temperature: float = 1.0
     norm_length: int = 128
     seed: int = 0
@@ -87,6 +91,13 @@ class Rollouts:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    def subset(self, index: torch.Tensor) -> Rollouts:
+        """The rows `index` (K,) as a new Rollouts (for dynamic sampling)."""
+        picked = object.__new__(Rollouts)
+        for name in ("input_ids", "attention_mask", "response_ids", "response_mask", "response_index"):
+            setattr(picked, name, getattr(self, name)[index])
+        return picked
+
     def rows(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The tensors of some rows, trimmed to their longest sequence and response."""
         seq_len = int(self.attention_mask[index].sum(-1).max())
@@ -107,13 +118,15 @@ def token_logprobs(
     response_index: torch.Tensor,
     response_ids: torch.Tensor,
     temperature: float,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob (B, T) of each response token under the model at `temperature`, and the policy's entropy (B, T)."""
+    """Log-prob (B, T) of each response token under the model at `temperature`, and the policy's entropy (B, T)
+    (differentiable only with `entropy_grad`, for an entropy bonus)."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     # the logits at position p predict token p + 1
     picked = logits.gather(1, (response_index - 1)[..., None].expand(-1, -1, logits.shape[-1])).float() / temperature
     logprob = torch.log_softmax(picked, dim=-1).gather(-1, response_ids[..., None])[..., 0]
-    return logprob, entropy_from_logits(picked.detach())
+    return logprob, entropy_from_logits(picked if entropy_grad else picked.detach())
 
 
 class PolicyTrainer:
@@ -126,10 +139,11 @@ class PolicyTrainer:
         self.base_model_dir = Path(base_model_dir)
         model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
         model.config.use_cache = False
+        accumulation = -(-config.mini_batch_size // config.micro_batch_size)
         ds_config = {
-            "train_batch_size": config.mini_batch_size,
+            "train_batch_size": config.micro_batch_size * accumulation,
             "train_micro_batch_size_per_gpu": config.micro_batch_size,
-            "gradient_accumulation_steps": config.mini_batch_size // config.micro_batch_size,
+            "gradient_accumulation_steps": accumulation,
             "gradient_clipping": config.max_grad_norm,
             "optimizer": {
                 "type": "AdamW",
@@ -140,36 +154,51 @@ class PolicyTrainer:
             "wall_clock_breakdown": False,
         }
         self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+        self.reference = None
+        if config.kl_coef > 0:  # the frozen base policy, loaded only when a KL penalty is asked for
+            self.reference = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32).eval()
+            self.reference.requires_grad_(False)
         if resume_from is not None:
             path, _ = self.engine.load_checkpoint(str(resume_from), tag=CHECKPOINT_TAG)
             if path is None:
                 raise FileNotFoundError(f"no DeepSpeed checkpoint in {resume_from}")
 
     @torch.no_grad()
-    def old_logprobs(self, rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probs and entropies (N, T) of the rollouts' response tokens under the policy before the update."""
+    def old_logprobs(self, rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Log-probs and entropies (N, T) of the rollouts' response tokens under the policy before the update, and
+        the frozen reference policy's log-probs (N, T) when a KL penalty is configured (else None).
+
+        One forward pass serves the PPO ratio's denominator, the entropy metrics and the `high_entropy` estimator.
+        """
         self.engine.module.eval()
         n, width = rollouts.response_ids.shape
         logprob, entropy = torch.zeros(n, width), torch.zeros(n, width)
+        reference = torch.zeros(n, width) if self.reference is not None else None
         for start in range(0, n, self.config.micro_batch_size):
             index = torch.arange(start, min(start + self.config.micro_batch_size, n))
             ids, attn, resp_index, resp_ids, resp_mask = rollouts.rows(index)
             lp, ent = token_logprobs(self.engine.module, ids, attn, resp_index, resp_ids, self.config.temperature)
             logprob[index, : lp.shape[1]] = lp * resp_mask
             entropy[index, : ent.shape[1]] = ent * resp_mask
-        return logprob, entropy
+            if reference is not None:
+                ref, _ = token_logprobs(self.reference, ids, attn, resp_index, resp_ids, self.config.temperature)
+                reference[index, : ref.shape[1]] = ref * resp_mask
+        return logprob, entropy, reference
 
     def update(
         self,
         rollouts: Rollouts,
         advantages: torch.Tensor,
         old_logprob: torch.Tensor,
+        ref_logprob: torch.Tensor | None = None,
         on_step: Callable[[dict], None] | None = None,
     ) -> list[dict]:
-        """Clipped policy-gradient steps over the rollouts; advantages and old_logprob are (N, T). Returns step metrics.
+        """Clipped policy-gradient steps over the rollouts; advantages, old_logprob, ref_logprob are (N, T).
 
-        Each optimizer step takes `mini_batch_size` sequences in shuffled order (seeded), cut into micro-batches whose
-        losses are normalised by the step's global token and sequence counts.
+        Each optimizer step takes up to `mini_batch_size` sequences in shuffled order (seeded), cut into micro-batches
+        whose losses are normalised by the step's global token and sequence counts; the last micro-batch of a step
+        is the gradient accumulation boundary, so a short step (fewer rows) is still one exact optimizer step.
+        Returns one dict of metrics per optimizer step.
         """
         cfg = self.config
         self.engine.module.train()
@@ -180,32 +209,26 @@ class PolicyTrainer:
             for start in range(0, len(rollouts), cfg.mini_batch_size):
                 mini = order[start : start + cfg.mini_batch_size]
                 global_tokens = int(rollouts.response_mask[mini].sum())
-                totals = {"loss": 0.0, "clipped": 0.0, "kl": 0.0, "entropy": 0.0}
+                totals = dict.fromkeys(("loss", "pg_loss", "clipped", "kl", "ref_kl", "entropy"), 0.0)
                 for micro_start in range(0, len(mini), cfg.micro_batch_size):
                     index = mini[micro_start : micro_start + cfg.micro_batch_size]
-                    ids, attn, resp_index, resp_ids, mask = rollouts.rows(index)
-                    width = resp_ids.shape[1]
-                    logprob, entropy = token_logprobs(self.engine, ids, attn, resp_index, resp_ids, cfg.temperature)
-                    old = old_logprob[index, :width]
-                    per_token, clipped = clipped_policy_loss(
-                        logprob, old, advantages[index, :width], cfg.clip_low, cfg.clip_high
+                    self.engine.set_gradient_accumulation_boundary(micro_start + cfg.micro_batch_size >= len(mini))
+                    parts = self._micro_loss(
+                        rollouts, index, advantages, old_logprob, ref_logprob, global_tokens, len(mini)
                     )
-                    loss = aggregate_loss(per_token, mask, cfg.loss_agg, global_tokens, len(mini), cfg.norm_length)
-                    self.engine.backward(loss, scale_wrt_gas=False)
-                    self.engine.step()
-                    share = float(mask.sum()) / max(global_tokens, 1)
-                    totals["loss"] += float(loss.detach())
-                    totals["clipped"] += float(masked_mean(clipped, mask)) * share
-                    totals["kl"] += float(masked_mean(0.5 * (logprob.detach() - old) ** 2, mask)) * share
-                    totals["entropy"] += float(masked_mean(entropy, mask)) * share
+                    self.engine.backward(parts["loss"], scale_wrt_gas=False)
+                    for key, value in parts.items():
+                        totals[key] += float(value)
+                self.engine.step()
                 grad_norm = self.engine.get_global_grad_norm()
                 metrics = {
                     "step": len(steps),
                     "epoch": epoch,
                     "loss": totals["loss"],
-                    "pg_loss": totals["loss"],
+                    "pg_loss": totals["pg_loss"],
                     "clip_fraction": totals["clipped"],
                     "approx_kl": totals["kl"],
+                    "ref_kl": totals["ref_kl"] if ref_logprob is not None else None,
                     "entropy": totals["entropy"],
                     "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                     "lr": float(self.engine.get_lr()[0]),
@@ -216,6 +239,41 @@ class PolicyTrainer:
                 if on_step:
                     on_step(metrics)
         return steps
+
+    def _micro_loss(self, rollouts, index, advantages, old_logprob, ref_logprob, global_tokens, global_sequences):
+        """The loss of one micro-batch (its share of the step's loss) and its share of each step metric."""
+        cfg = self.config
+        ids, attn, resp_index, resp_ids, mask = rollouts.rows(index)
+        width = resp_ids.shape[1]
+        logprob, entropy = token_logprobs(
+            self.engine, ids, attn, resp_index, resp_ids, cfg.temperature, entropy_grad=cfg.entropy_coef > 0
+        )
+        old = old_logprob[index, :width]
+        per_token, clipped = clipped_policy_loss(
+            logprob, old, advantages[index, :width], cfg.clip_low, cfg.clip_high, cfg.dual_clip
+        )
+
+        def aggregate(values: torch.Tensor) -> torch.Tensor:
+            return aggregate_loss(values, mask, cfg.loss_agg, global_tokens, global_sequences, cfg.norm_length)
+
+        pg_loss = aggregate(per_token)
+        loss = pg_loss
+        if cfg.entropy_coef > 0:
+            loss = loss - cfg.entropy_coef * aggregate(entropy)
+        ref_kl = torch.zeros(())
+        if ref_logprob is not None:
+            kl = kl_penalty(logprob, ref_logprob[index, :width], cfg.kl_estimator)
+            loss = loss + cfg.kl_coef * aggregate(kl)
+            ref_kl = masked_mean(kl.detach(), mask)
+        share = float(mask.sum()) / max(global_tokens, 1)
+        return {
+            "loss": loss,
+            "pg_loss": pg_loss.detach(),
+            "clipped": masked_mean(clipped, mask) * share,
+            "kl": masked_mean(0.5 * (logprob.detach() - old) ** 2, mask) * share,
+            "ref_kl": ref_kl * share,
+            "entropy": masked_mean(entropy.detach(), mask) * share,
+        }
 
     def save(self, deepspeed_dir: Path, hf_dir: Path, client_state: dict | None = None) -> None:
         """Write the DeepSpeed checkpoint (weights and optimizer) and an HF-format folder that generators load."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from itertools import accumulate, product, repeat
 from typing import Literal
 
-from pebble import ProcessExpired, ProcessPool
+from pebble import ProcessFuture, ProcessPool
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +248,8 @@ def verify_one(
     is that long, and sympy can spend minutes on one).
     """
     start = time.perf_counter()
-    references = [reference] if isinstance(reference, str) else list(reference)
+    alternatives = reference if isinstance(reference, Sequence) and not isinstance(reference, str) else [reference]
+    references = [str(item) for item in alternatives]  # a dataset may hold a number (42) rather than "42"
     extracted = extract_answer(response, fallbacks) if isinstance(response, str) else None
     if extracted is None:
         status: Status = "no_answer"
@@ -278,9 +279,12 @@ def _pool_context() -> multiprocessing.context.BaseContext:
 
     The caller has torch (OpenMP threads), pebble's own manager threads and possibly a Prefect server thread:
     forking such a process can copy a lock held by another thread and deadlock the child. "spawn" is safe too but
-    every (re)started worker would re-import sympy and math-verify (about 1.5 s, each time a worker is killed); the
-    forkserver imports them once (_PRELOAD). The preload list is process-wide and only applies if the forkserver
-    has not been started yet; otherwise workers just start slower.
+    every (re)started worker would re-import sympy and math-verify; the forkserver imports them once (_PRELOAD).
+    Measured on 2 busy cores: pool start 3-4 s with forkserver, 5-7 s with spawn.
+    As with spawn, each worker re-imports the caller's ``__main__`` module (Python 3.11 ignores a "__main__"
+    preload), so an entry script must keep its work, and best its heavy imports, under
+    ``if __name__ == "__main__":`` (a main module importing torch made the pool start take 12 s).
+    The preload list is process-wide and only applies if the forkserver has not been started yet.
     """
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(_PRELOAD)
@@ -326,8 +330,9 @@ class Verifier:
             raise ValueError(f"{len(responses)} responses but {len(references)} references")
         if self._pool is None:
             raise RuntimeError("Verifier is closed")
-        if not self._pool.active:
-            logger.warning("verifier pool broke; restarting it")
+        if not self._pool.active:  # pebble gives up when all its workers die at once
+            logger.warning("verifier pool is broken; restarting it")
+            self.close()
             self._start()
         soft = self.timeout_s * SOFT_DEADLINE_FRACTION
         options = {"timeout_s": soft, "max_answer_chars": self.max_answer_chars}
@@ -335,19 +340,20 @@ class Verifier:
             self._pool.schedule(verify_one, (response, reference, self.fallbacks), options, timeout=self.timeout_s)
             for response, reference in zip(responses, references, strict=True)
         ]
-        results = [self._collect(future) for future in futures]
+        results = [self._collect(future, response) for future, response in zip(futures, responses, strict=True)]
         self._log(results, references)
         return results
 
-    def _collect(self, future) -> VerifyResult:
+    def _collect(self, future: ProcessFuture, response: str) -> VerifyResult:
         """The worker's result, or a timeout/error result when the worker was killed or died."""
         try:
             return future.result()
-        except FutureTimeoutError:
-            return VerifyResult(0.0, "timeout", None, self.timeout_s, f"worker killed after {self.timeout_s} s")
-        except ProcessExpired as exc:  # the worker died (out of memory, segfault): pebble starts a new one
-            return VerifyResult(0.0, "error", None, 0.0, _describe(exc))
-        except Exception as exc:  # broken pool or an unpicklable result: still one result per input
+        except FutureTimeoutError:  # killed by pebble, so no answer came back: extract it here (linear, safe)
+            extracted = extract_answer(response, self.fallbacks) if isinstance(response, str) else None
+            if extracted is not None:
+                extracted = extracted[: self.max_answer_chars]
+            return VerifyResult(0.0, "timeout", extracted, self.timeout_s, f"worker killed after {self.timeout_s} s")
+        except Exception as exc:  # the worker died (ProcessExpired: out of memory, segfault) or the pool broke
             return VerifyResult(0.0, "error", None, 0.0, _describe(exc))
 
     @staticmethod

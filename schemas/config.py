@@ -99,16 +99,35 @@ class PlanningSection(Section):
 
 
 class AlgorithmSection(Section):
-    advantage: Literal["grpo", "hicra"] = Field("hicra", description="Advantage estimator (see hicra.core_algos).")
-    alpha: float = Field(0.2, ge=0, lt=1, description="HICRA amplification: A + alpha*|A| on planning tokens.")
+    advantage: Literal["grpo", "hicra", "high_entropy", "placebo"] = Field(
+        "hicra",
+        description="Advantage estimator (hicra.core_algos.ADVANTAGES): `grpo`; `hicra` (paper); the paper's ablations "
+        "`high_entropy` (top-entropy tokens instead of planning tokens) and `placebo` (random n-grams).",
+    )
+    alpha: float = Field(0.2, ge=0, lt=1, description="HICRA amplification: A + alpha*|A| on the chosen tokens.")
     adv_norm: Literal["mean", "mean_std", "none"] = Field(
         "mean", description="Group normalisation: `mean` (paper), `mean_std` (divide by std), `none`."
     )
+    entropy_fraction: float = Field(
+        0.3, gt=0, le=1, description="`high_entropy`: share of the batch's response tokens (highest entropy) amplified."
+    )
+    placebo_ngram: int = Field(3, ge=1, description="`placebo`: length in tokens of each random n-gram.")
+    dynamic_sampling: bool = Field(
+        False, description="DAPO dynamic sampling: drop groups whose rewards are all equal before the update."
+    )
     clip_low: float = Field(0.2, ge=0, lt=1, description="PPO clip range below 1 (eps_low).")
     clip_high: float = Field(0.28, ge=0, description="PPO clip range above 1 (eps_high, DAPO clip-higher).")
+    dual_clip: float | None = Field(
+        None, gt=1, description="Dual-clip constant c: the loss of a token with A < 0 is capped at -c*A (off: null)."
+    )
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = Field(
         "token-mean", description="Loss aggregation over an optimizer step's tokens (global, not per micro-batch)."
     )
+    entropy_coef: float = Field(
+        0.0, ge=0, description="Entropy bonus weight (the paper's Entropy Regularization baseline); 0 is off."
+    )
+    kl_coef: float = Field(0.0, ge=0, description="Weight of the KL penalty to the frozen base policy; 0 is off.")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="Per-token KL estimator.")
 
 
 class TrainerSection(Section):
@@ -121,9 +140,9 @@ class TrainerSection(Section):
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage.")
 
     @model_validator(mode="after")
-    def _micro_divides_mini(self) -> TrainerSection:
-        if self.mini_batch_size % self.micro_batch_size:
-            raise ValueError("trainer.micro_batch_size must divide trainer.mini_batch_size")
+    def _micro_fits_mini(self) -> TrainerSection:
+        if self.micro_batch_size > self.mini_batch_size:
+            raise ValueError("trainer.micro_batch_size must not exceed trainer.mini_batch_size")
         return self
 
 
@@ -136,16 +155,6 @@ class RunConfig(Section):
     planning: PlanningSection = Field(default_factory=PlanningSection)
     algorithm: AlgorithmSection = Field(default_factory=AlgorithmSection)
     trainer: TrainerSection = Field(default_factory=TrainerSection)
-
-    @model_validator(mode="after")
-    def _batch_fits(self) -> RunConfig:
-        batch = self.rollout.prompts_per_iteration * self.rollout.group_size
-        if batch % self.trainer.mini_batch_size:
-            raise ValueError(
-                f"trainer.mini_batch_size ({self.trainer.mini_batch_size}) must divide the iteration's batch "
-                f"(rollout.prompts_per_iteration * rollout.group_size = {batch})"
-            )
-        return self
 
     def config_hash(self) -> str:
         """Hash of every field that changes what a run computes (not its length or where it is stored)."""

@@ -60,6 +60,7 @@ class ScoreRow(Row):
     correct: bool
     status: str
     extracted: str | None
+    detail: str | None
     verify_seconds: float
 
 
@@ -77,6 +78,7 @@ class AdvantageRow(Row):
     """Exactly what the update used for one rollout (table `advantages`)."""
 
     rollout_id: str
+    in_update: bool
     sequence_advantage: float
     advantage: Float32List
     amplified_mask: Int8List
@@ -93,6 +95,7 @@ class TrainStepRow(Row):
     pg_loss: float
     clip_fraction: float
     approx_kl: float
+    ref_kl: float | None
     entropy: float
     grad_norm: float
     lr: float
@@ -109,6 +112,14 @@ class CheckpointRow(Row):
     created_at: dt.datetime
 
 
+class MetricRow(Row):
+    """One named per-iteration metric computed by a stage (table `metrics`; `iteration_summary` pivots it)."""
+
+    stage: str
+    name: str
+    value: float
+
+
 TABLES: dict[str, type[Row]] = {
     "rollouts": RolloutRow,
     "scores": ScoreRow,
@@ -116,6 +127,7 @@ TABLES: dict[str, type[Row]] = {
     "advantages": AdvantageRow,
     "train_steps": TrainStepRow,
     "checkpoints": CheckpointRow,
+    "metrics": MetricRow,
 }
 
 _PLAIN: dict[Any, pa.DataType] = {

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import os
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,16 +15,26 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from transformers import AutoTokenizer
 
-from hicra.core_algos import AdvantageConfig, get_advantage_fn, group_advantage
+from hicra.core_algos import AdvantageConfig, get_advantage_fn, group_advantage, mixed_groups
 from hicra.data import Prompt, load_jsonl_prompts, prompts_for_iteration
 from hicra.generate import HFGenerator, derive_seed
 from hicra.grams import GramMatcher, annotate, grams_version, load_grams
+from hicra.metrics import conditional_entropy, fork_overlap, semantic_entropy, token_class_stats
 from hicra.prompts import render_prompt
 from hicra.tiny import build_tiny_policy, synthetic_problems
 from hicra.trainer import PolicyTrainer, Rollouts, UpdateConfig
 from hicra.verifier import Verifier
 from schemas.config import RunConfig
-from schemas.tables import AdvantageRow, CheckpointRow, PlanningRow, RolloutRow, ScoreRow, TrainStepRow, to_table
+from schemas.tables import (
+    AdvantageRow,
+    CheckpointRow,
+    MetricRow,
+    PlanningRow,
+    RolloutRow,
+    ScoreRow,
+    TrainStepRow,
+    to_table,
+)
 from tasks.common import begin_stage, console, open_warehouse, policy_dir
 
 STAGE_TASK = {"cache_policy": NO_CACHE, "retries": 0}
@@ -112,6 +124,14 @@ def rollout(config: RunConfig, iteration: int, base_model_dir: str) -> None:
     console.print(f"  iteration {iteration} rollout: {len(rows)} responses, {tokens} tokens in {seconds:.1f}s")
 
 
+@lru_cache(maxsize=2)
+def _verifier(workers: int, timeout_s: float, fallbacks: tuple[str, ...]) -> Verifier:
+    """One worker pool per process and settings, kept across iterations (it takes seconds to start)."""
+    verifier = Verifier(workers=workers, timeout_s=timeout_s, fallbacks=fallbacks)
+    atexit.register(verifier.close)
+    return verifier
+
+
 @task(name="verify", task_run_name="{config.run.id}-i{iteration}-verify", **STAGE_TASK)
 def verify(config: RunConfig, iteration: int) -> None:
     """Score every rollout against its reference with math-verify in worker processes under a deadline."""
@@ -121,8 +141,9 @@ def verify(config: RunConfig, iteration: int) -> None:
     started = time.perf_counter()
     rollouts = store.read_table("rollouts", config.run.id, iteration).to_pydict()
     vc = config.verifier
-    with Verifier(workers=vc.workers, timeout_s=vc.timeout_s, fallbacks=tuple(vc.fallbacks)) as verifier:
-        results = verifier.score(rollouts["response"], rollouts["reference"])
+    results = _verifier(vc.workers, vc.timeout_s, tuple(vc.fallbacks)).score(
+        rollouts["response"], rollouts["reference"]
+    )
     rows = [
         ScoreRow(
             run_id=config.run.id,
@@ -132,6 +153,7 @@ def verify(config: RunConfig, iteration: int) -> None:
             correct=r.reward > 0,
             status=r.status,
             extracted=r.extracted,
+            detail=r.detail,
             verify_seconds=r.seconds,
         )
         for rid, r in zip(rollouts["rollout_id"], results, strict=True)
@@ -170,7 +192,17 @@ def annotate_planning(config: RunConfig, iteration: int, base_model_dir: str) ->
                 grams_version=version,
             )
         )
-    store.commit_stage(config.run.id, iteration, "annotate", {"planning": to_table(PlanningRow, rows)})
+    texts = rollouts["response"]
+    span_lists = [[(s["start"], s["end"], s["gram"]) for s in row.spans] for row in rows]
+    metrics = {
+        "semantic_entropy": semantic_entropy([[g for _, _, g in spans] for spans in span_lists]),
+        "conditional_entropy": conditional_entropy(texts, span_lists),
+    }
+    tables = {
+        "planning": to_table(PlanningRow, rows),
+        "metrics": _metrics_table(config, iteration, "annotate", metrics),
+    }
+    store.commit_stage(config.run.id, iteration, "annotate", tables)
     share = sum(r.num_planning_tokens for r in rows) / max(1, sum(len(r.planning_mask) for r in rows))
     seconds = time.perf_counter() - started
     console.print(f"  iteration {iteration} annotate: planning-token share {share:.3f} in {seconds:.2f}s")
@@ -196,19 +228,95 @@ def update(config: RunConfig, iteration: int, base_model_dir: str) -> None:
     if not begin_stage(store, config, iteration, "update"):
         return
     started = time.perf_counter()
-    run, algo, tr = config.run, config.algorithm, config.trainer
+    run, algo = config.run, config.algorithm
     rollouts = store.read_table("rollouts", run.id, iteration).to_pydict()
     ids = rollouts["rollout_id"]
     reward = _by_rollout(store.read_table("scores", run.id, iteration), "reward")
     planning = _by_rollout(store.read_table("planning", run.id, iteration), "planning_mask")
     pad_id = AutoTokenizer.from_pretrained(base_model_dir).pad_token_id or 0
     batch = Rollouts(rollouts["prompt_token_ids"], rollouts["response_token_ids"], pad_id)
-    width = batch.response_ids.shape[1]
     rewards = torch.tensor([reward[r] for r in ids], dtype=torch.float32)
     group_index = torch.tensor(rollouts["group_index"], dtype=torch.long)
-    planning_mask = _padded([planning[r] for r in ids], width)
+    planning_mask = _padded([planning[r] for r in ids], batch.response_ids.shape[1])
 
-    update_config = UpdateConfig(
+    trainer = PolicyTrainer(
+        Path(base_model_dir),
+        _update_config(config, iteration),
+        resume_from=store.checkpoint_dir(run.id, iteration - 1) / "deepspeed" if iteration > 0 else None,
+    )
+    old_logprob, entropy, ref_logprob = trainer.old_logprobs(batch)
+    advantages, amplified = get_advantage_fn(algo.advantage)(
+        rewards,
+        group_index,
+        batch.response_mask,
+        planning_mask,
+        entropy,
+        AdvantageConfig(
+            adv_norm=algo.adv_norm,
+            alpha=algo.alpha,
+            entropy_fraction=algo.entropy_fraction,
+            placebo_ngram=algo.placebo_ngram,
+            seed=derive_seed("placebo", run.id, run.seed, iteration),
+        ),
+    )
+    keep = mixed_groups(rewards, group_index) if algo.dynamic_sampling else torch.ones(len(ids), dtype=torch.bool)
+    steps = []
+    if bool(keep.any()):
+        kept = keep.nonzero()[:, 0]
+        ref = ref_logprob[kept] if ref_logprob is not None else None
+        steps = trainer.update(batch.subset(kept), advantages[kept], old_logprob[kept], ref)
+
+    staging = store.staging_dir(run.id, iteration, "update")
+    trainer.save(staging / "deepspeed", staging / "hf", client_state={"run_id": run.id, "iteration": iteration})
+    final = store.checkpoint_dir(run.id, iteration)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging, final)
+
+    lengths = batch.response_mask.sum(-1).long().tolist()
+    sequence_adv = group_advantage(rewards, group_index, algo.adv_norm)
+    adv_rows = [
+        AdvantageRow(
+            run_id=run.id,
+            iteration=iteration,
+            rollout_id=rid,
+            in_update=bool(keep[k]),
+            sequence_advantage=float(sequence_adv[k]),
+            advantage=advantages[k, :n].tolist(),
+            amplified_mask=amplified[k, :n].to(torch.int8).tolist(),
+            old_logprob=old_logprob[k, :n].tolist(),
+            entropy=entropy[k, :n].tolist(),
+        )
+        for k, (rid, n) in enumerate(zip(ids, lengths, strict=True))
+    ]
+    metrics = {
+        **token_class_stats(entropy, old_logprob, planning_mask, batch.response_mask),
+        **fork_overlap(entropy, planning_mask, batch.response_mask, algo.entropy_fraction),
+        "dropped_groups": float(len(set(group_index[~keep].tolist()))),
+    }
+    checkpoint = CheckpointRow(
+        run_id=run.id,
+        iteration=iteration,
+        hf_path=str((final / "hf").relative_to(store.root)),
+        deepspeed_path=str((final / "deepspeed").relative_to(store.root)),
+        global_step=int(trainer.engine.global_steps),
+        created_at=dt.datetime.now(dt.UTC),
+    )
+    tables = {
+        "advantages": to_table(AdvantageRow, adv_rows),
+        "train_steps": to_table(TrainStepRow, [TrainStepRow(run_id=run.id, iteration=iteration, **s) for s in steps]),
+        "checkpoints": to_table(CheckpointRow, [checkpoint]),
+        "metrics": _metrics_table(config, iteration, "update", metrics),
+    }
+    store.commit_stage(run.id, iteration, "update", tables)
+    loss = sum(s["loss"] for s in steps) / max(len(steps), 1)
+    seconds = time.perf_counter() - started
+    console.print(f"  iteration {iteration} update: {len(steps)} optimizer steps, loss {loss:.4f} in {seconds:.1f}s")
+
+
+def _update_config(config: RunConfig, iteration: int) -> UpdateConfig:
+    """The trainer's settings from the run config (the trainer knows nothing of the advantage estimator)."""
+    tr, algo, run = config.trainer, config.algorithm, config.run
+    return UpdateConfig(
         lr=tr.lr,
         weight_decay=tr.weight_decay,
         mini_batch_size=tr.mini_batch_size,
@@ -218,63 +326,20 @@ def update(config: RunConfig, iteration: int, base_model_dir: str) -> None:
         zero_stage=tr.zero_stage,
         clip_low=algo.clip_low,
         clip_high=algo.clip_high,
+        dual_clip=algo.dual_clip,
         loss_agg=algo.loss_agg,
+        entropy_coef=algo.entropy_coef,
+        kl_coef=algo.kl_coef,
+        kl_estimator=algo.kl_estimator,
         temperature=config.rollout.temperature,
         norm_length=config.rollout.max_new_tokens,
         seed=derive_seed("update", run.id, run.seed, iteration),
     )
-    resume = store.checkpoint_dir(run.id, iteration - 1) / "deepspeed" if iteration > 0 else None
-    trainer = PolicyTrainer(Path(base_model_dir), update_config, resume_from=resume)
-    old_logprob, entropy = trainer.old_logprobs(batch)
-    advantage_fn = get_advantage_fn(algo.advantage)
-    advantages, amplified = advantage_fn(
-        rewards,
-        group_index,
-        batch.response_mask,
-        planning_mask,
-        AdvantageConfig(adv_norm=algo.adv_norm, alpha=algo.alpha),
-    )
-    steps = trainer.update(batch, advantages, old_logprob)
 
-    staging = store.staging_dir(run.id, iteration, "update")
-    trainer.save(staging / "deepspeed", staging / "hf", client_state={"run_id": run.id, "iteration": iteration})
-    final = store.checkpoint_dir(run.id, iteration)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging, final)
-    lengths = batch.response_mask.sum(-1).long().tolist()
-    sequence_adv = group_advantage(rewards, group_index, algo.adv_norm)
-    adv_rows = [
-        AdvantageRow(
-            run_id=run.id,
-            iteration=iteration,
-            rollout_id=rid,
-            sequence_advantage=float(sequence_adv[k]),
-            advantage=advantages[k, :n].tolist(),
-            amplified_mask=amplified[k, :n].to(torch.int8).tolist(),
-            old_logprob=old_logprob[k, :n].tolist(),
-            entropy=entropy[k, :n].tolist(),
-        )
-        for k, (rid, n) in enumerate(zip(ids, lengths, strict=True))
+
+def _metrics_table(config: RunConfig, iteration: int, stage: str, values: dict[str, float]) -> pa.Table:
+    rows = [
+        MetricRow(run_id=config.run.id, iteration=iteration, stage=stage, name=name, value=value)
+        for name, value in values.items()
     ]
-    step_rows = [TrainStepRow(run_id=run.id, iteration=iteration, **s) for s in steps]
-    checkpoint = CheckpointRow(
-        run_id=run.id,
-        iteration=iteration,
-        hf_path=str((final / "hf").relative_to(store.root)),
-        deepspeed_path=str((final / "deepspeed").relative_to(store.root)),
-        global_step=int(trainer.engine.global_steps),
-        created_at=dt.datetime.now(dt.UTC),
-    )
-    store.commit_stage(
-        run.id,
-        iteration,
-        "update",
-        {
-            "advantages": to_table(AdvantageRow, adv_rows),
-            "train_steps": to_table(TrainStepRow, step_rows),
-            "checkpoints": to_table(CheckpointRow, [checkpoint]),
-        },
-    )
-    loss = sum(s["loss"] for s in steps) / len(steps)
-    seconds = time.perf_counter() - started
-    console.print(f"  iteration {iteration} update: {len(steps)} optimizer steps, loss {loss:.4f} in {seconds:.1f}s")
+    return to_table(MetricRow, rows)

@@ -37,9 +37,9 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(tmp_path / "x.yaml")
 
 
-def test_batch_must_split_into_mini_batches():
+def test_micro_batch_must_fit_the_mini_batch():
     with pytest.raises(ConfigError, match="mini_batch_size"):
-        load_config(None, **{"trainer.mini_batch_size": 24, "trainer.micro_batch_size": 8})
+        load_config(None, **{"trainer.mini_batch_size": 8, "trainer.micro_batch_size": 16})
 
 
 def test_hash_ignores_length_and_location_but_not_algorithm():

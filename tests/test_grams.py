@@ -9,6 +9,7 @@ pre-tokenizer/decoder BPE, and a WordPiece one (no fast path: prefix-decoding fa
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from functools import cache
 from pathlib import Path
@@ -272,6 +273,10 @@ def test_find_keeps_offsets_when_case_folding_lengthens():
     assert found("Ⅷ Wait") == [("Wait", "wait")]
 
 
+def test_matcher_pickles():  # for process pools
+    assert pickle.loads(pickle.dumps(MATCHER)).find("But wait, so") == MATCHER.find("But wait, so")
+
+
 def test_matcher_edge_cases():
     assert GramMatcher([]).find("but wait") == []
     with pytest.raises(ValueError, match="empty"):
@@ -317,7 +322,7 @@ def test_fast_path_needs_no_prefix_decoding(name: str, text: str, monkeypatch: p
     def forbidden(*_: object) -> None:
         raise AssertionError("prefix decoding used")
 
-    monkeypatch.setattr(grams_module, "_prefix_spans", forbidden)
+    monkeypatch.setattr(grams_module, "_prefix_bounds", forbidden)
     assert token_char_spans(ids, tokenizer) == expected
 
 
@@ -325,7 +330,8 @@ def test_fast_path_needs_no_prefix_decoding(name: str, text: str, monkeypatch: p
 def test_byte_level_fast_path_equals_prefix_decoding(text: str):
     tokenizer = byte_level()
     ids = encode(tokenizer, text)
-    assert token_char_spans(ids, tokenizer) == grams_module._prefix_spans(ids, tokenizer, text)
+    starts, ends = grams_module._prefix_bounds(ids, tokenizer, text)
+    assert token_char_spans(ids, tokenizer) == list(zip(starts, ends, strict=True))
 
 
 def test_split_characters_share_their_span():
@@ -373,6 +379,28 @@ def test_special_and_added_tokens():
     assert mask[len(but)] == 0 and mask[: len(but)] == [1] * len(but)
 
 
+def test_ids_without_token_are_zero_width():
+    tokenizer = byte_level()
+    ids = encode(tokenizer, "but wait")
+    ids.insert(1, len(tokenizer) + 5)  # a model's padded vocabulary can sample an id the tokenizer lacks
+    text, spans = check_spans(ids, tokenizer)
+    assert text == "but wait" and spans[1][0] == spans[1][1]
+
+
+def test_tokens_added_after_first_use(monkeypatch: pytest.MonkeyPatch):
+    tokenizer = byte_level.__wrapped__()  # a fresh tokenizer, not the shared one
+    check_spans(encode(tokenizer, "but wait"), tokenizer)
+    tokenizer.add_tokens(["<tool>"])
+    ids = encode(tokenizer, "but <tool> wait")
+    assert len(tokenizer) - 1 in ids
+
+    def forbidden(*_: object) -> None:
+        raise AssertionError("prefix decoding used")
+
+    monkeypatch.setattr(grams_module, "_prefix_bounds", forbidden)
+    check_spans(ids, tokenizer)
+
+
 def test_empty_response():
     tokenizer = byte_level()
     assert token_char_spans([], tokenizer) == []
@@ -400,7 +428,7 @@ def test_byte_level_random_bytes_need_no_prefix_decoding(ids: list[int]):
     # Invalid UTF-8 included: Python's "replace" decoding is the same as the Rust decoder's lossy decoding.
     tokenizer = byte_level()
     text = tokenizer.decode(ids, skip_special_tokens=True)
-    replayed = grams_module._REPLAYS[tokenizer].replay(ids, tokenizer) if ids else ("", [])
+    replayed = grams_module._REPLAYS[tokenizer].replay(ids, tokenizer) if ids else ("",)
     assert replayed is not None and replayed[0] == text
 
 

@@ -22,7 +22,7 @@ def rollout(run: str, iteration: int, group: int, sample: int) -> RolloutRow:
 def score(run: str, iteration: int, group: int, sample: int, reward: float) -> ScoreRow:
     return ScoreRow(
         run_id=run, iteration=iteration, rollout_id=f"{run}/{iteration}/{group}/{sample}", reward=reward,
-        correct=reward > 0, status="ok", extracted="1", verify_seconds=0.01,
+        correct=reward > 0, status="ok", extracted="1", detail=None, verify_seconds=0.01,
     )  # fmt: skip
 
 
@@ -35,7 +35,16 @@ def test_every_table_schema_derives_and_has_keys():
 
 def test_empty_warehouse_has_typed_views(tmp_path):
     con = connect(tmp_path)
-    for view in ("rollouts", "scores", "planning", "advantages", "train_steps", "commits", "iteration_summary"):
+    for view in (
+        "rollouts",
+        "scores",
+        "planning",
+        "advantages",
+        "train_steps",
+        "metrics",
+        "commits",
+        "iteration_summary",
+    ):
         assert con.execute(f"select count(*) from {view}").fetchone() == (0,)
 
 
