@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
@@ -55,9 +56,15 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+# Modules that add their own subcommands: each has `add_parsers(sub)` and sets `func` on its parsers.
+SUBCOMMAND_MODULES: list[str] = []
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hicra", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).add_parsers(sub)
 
     train = sub.add_parser("train", help="train (or resume) a run with the Prefect flow `hicra`")
     train.add_argument("--config", default="configs/tiny.yaml", help="YAML run config")

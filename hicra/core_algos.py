@@ -89,7 +89,7 @@ def amplify(advantages: Tensor, mask: Tensor, alpha: float) -> Tensor:
 
     Positive advantages on masked tokens grow by (1 + alpha); negative ones shrink in size by (1 - alpha).
     """
-    return advantages + alpha * advantages.abs() * mask.to(advantages.dtype)
+    return torch.addcmul(advantages, advantages.abs(), mask.to(advantages.dtype), value=alpha)
 
 
 @register_advantage("grpo")
@@ -97,7 +97,7 @@ def grpo_advantage(rewards, group_index, response_mask, planning_mask, entropy, 
     """GRPO: the group advantage broadcast to every response token. Returns (B, T) advantages, (B, T) zero mask."""
     adv = group_advantage(rewards, group_index, config.adv_norm)
     token_adv = adv[:, None] * response_mask.to(adv.dtype)
-    return token_adv, torch.zeros_like(response_mask)
+    return token_adv, response_mask.new_zeros(()).expand_as(response_mask)  # nothing amplified: a free zero view
 
 
 @register_advantage("hicra")

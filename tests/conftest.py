@@ -33,6 +33,23 @@ def small_config(warehouse: Path, run_id: str = "t", iterations: int = 2, **sect
 
 
 @pytest.fixture(scope="session")
+def small_run(tmp_path_factory, prefect_server):
+    """One uninterrupted 2-iteration run of the small policy, shared by the tests that read a real warehouse.
+
+    Returns (warehouse root, config file, per-iteration summaries). Treat it as read-only.
+    """
+    import yaml
+
+    from flows.train import train
+
+    root = tmp_path_factory.mktemp("small-run")
+    config = root / "run.yaml"
+    config.write_text(yaml.safe_dump(small_config(root / "wh")))
+    summaries = train(config_path=str(config))
+    return root / "wh", config, summaries
+
+
+@pytest.fixture(scope="session")
 def prefect_server():
     """A real Prefect server for the whole session (Prefect's own test harness); yields its API URL."""
     from prefect.settings import PREFECT_API_URL

@@ -30,13 +30,9 @@ def write_config(path: Path, config: dict) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, prefect_server):
-    """One uninterrupted 2-iteration run of the small policy; the baseline for several tests."""
-    root = tmp_path_factory.mktemp("baseline")
-    config = write_config(root / "run.yaml", small_config(root / "wh"))
-    summaries = train(config_path=str(config))
-    return root / "wh", config, summaries
+@pytest.fixture
+def trained(small_run):
+    return small_run
 
 
 def table_rows(root: Path, table: str, drop: tuple[str, ...] = ("verify_seconds", "created_at")) -> list[dict]:
