@@ -4,13 +4,21 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean-demo
+.PHONY: demo test lint clean-demo serve stop
 
 demo: $(STAMP)
 	$(BIN)/hicra train --config configs/tiny.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# A local Prefect server and worker with the deployments of prefect.yaml; state in <warehouse>/_prefect
+# (the warehouse: $HICRA_WAREHOUSE, default warehouse-data).
+serve: $(STAMP)
+	$(BIN)/hicra serve
+
+stop:
+	$(BIN)/hicra stop
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

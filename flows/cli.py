@@ -21,6 +21,16 @@ def _warehouse(args: argparse.Namespace) -> str:
     return args.warehouse or os.environ.get("HICRA_WAREHOUSE") or DEFAULT_WAREHOUSE
 
 
+def _parse_override(item: str) -> tuple[str, object]:
+    """`section.field=value` with the value read as YAML (numbers, booleans, lists), for `--set`."""
+    import yaml
+
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set expects section.field=value, got {item!r}")
+    return key.strip(), yaml.safe_load(value)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     _prefect_defaults()
     from flows.train import summary_table, train
@@ -32,6 +42,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         iterations=args.iterations,
         warehouse=args.warehouse or os.environ.get("HICRA_WAREHOUSE"),
         force=args.force,
+        overrides=dict(_parse_override(item) for item in args.set),
     )
     console.print(summary_table(summaries))
     where = f" --warehouse {args.warehouse}" if args.warehouse else ""
@@ -40,24 +51,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sql(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from warehouse.catalog import query
-
-    result = query(_warehouse(args), args.statement)
-    table = Table(show_lines=False)
-    for name in result.column_names:
-        table.add_column(name)
-    for row in result.to_pylist():
-        table.add_row(*("NULL" if v is None else str(v) for v in row.values()))
-    Console().print(table)
-    return 0
-
-
 # Modules that add their own subcommands: each has `add_parsers(sub)` and sets `func` on its parsers.
-SUBCOMMAND_MODULES: list[str] = []
+SUBCOMMAND_MODULES: list[str] = [
+    "warehouse.runs",
+    "flows.cli_grams",
+    "flows.eval_cli",
+    "warehouse.cli",
+    "flows.serve",
+    "flows.report",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,12 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--iterations", type=int, help="number of iterations (default: the config's)")
     train.add_argument("--warehouse", help="warehouse root (default: $HICRA_WAREHOUSE or the config's)")
     train.add_argument("--force", action="store_true", help="resume even though the config changed (recorded)")
+    train.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE",
+        help="override any config field, e.g. --set algorithm.advantage=grpo --set rollout.group_size=8",
+    )  # fmt: skip
     train.set_defaults(func=cmd_train)
-
-    sql = sub.add_parser("sql", help="run a SQL query over the warehouse's views")
-    sql.add_argument("statement", help="the SQL statement")
-    sql.add_argument("--warehouse", help=f"warehouse root (default: $HICRA_WAREHOUSE or ./{DEFAULT_WAREHOUSE})")
-    sql.set_defaults(func=cmd_sql)
     return parser
 
 

@@ -9,6 +9,7 @@ checkpoint (weights and optimizer state), so an update can run in any process an
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -134,6 +135,7 @@ class PolicyTrainer:
 
     def __init__(self, base_model_dir: Path, config: UpdateConfig, resume_from: Path | None = None):
         init_distributed()
+        self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
         torch.manual_seed(config.seed)
         self.config = config
         self.base_model_dir = Path(base_model_dir)
@@ -141,7 +143,7 @@ class PolicyTrainer:
         model.config.use_cache = False
         accumulation = -(-config.mini_batch_size // config.micro_batch_size)
         ds_config = {
-            "train_batch_size": config.micro_batch_size * accumulation,
+            "train_batch_size": config.micro_batch_size * accumulation * torch.distributed.get_world_size(),
             "train_micro_batch_size_per_gpu": config.micro_batch_size,
             "gradient_accumulation_steps": accumulation,
             "gradient_clipping": config.max_grad_norm,
@@ -210,17 +212,19 @@ class PolicyTrainer:
                 mini = order[start : start + cfg.mini_batch_size]
                 global_tokens = int(rollouts.response_mask[mini].sum())
                 totals = dict.fromkeys(("loss", "pg_loss", "clipped", "kl", "ref_kl", "entropy"), 0.0)
-                for micro_start in range(0, len(mini), cfg.micro_batch_size):
-                    index = mini[micro_start : micro_start + cfg.micro_batch_size]
-                    self.engine.set_gradient_accumulation_boundary(micro_start + cfg.micro_batch_size >= len(mini))
+                chunks = self._rank_micro_batches(mini)
+                for k, (index, weight) in enumerate(chunks):
+                    self.engine.set_gradient_accumulation_boundary(k == len(chunks) - 1)
                     parts = self._micro_loss(
                         rollouts, index, advantages, old_logprob, ref_logprob, global_tokens, len(mini)
                     )
-                    self.engine.backward(parts["loss"], scale_wrt_gas=False)
+                    # DeepSpeed averages gradients over ranks; scale so they sum to the one-rank gradient
+                    self.engine.backward(parts["loss"] * (weight * self.world_size), scale_wrt_gas=False)
                     for key, value in parts.items():
-                        totals[key] += float(value)
+                        totals[key] += float(value.detach()) * weight
+                totals = self._sum_over_ranks(totals)
+                grad_norm = self._grad_norm()
                 self.engine.step()
-                grad_norm = self.engine.get_global_grad_norm()
                 metrics = {
                     "step": len(steps),
                     "epoch": epoch,
@@ -230,7 +234,7 @@ class PolicyTrainer:
                     "approx_kl": totals["kl"],
                     "ref_kl": totals["ref_kl"] if ref_logprob is not None else None,
                     "entropy": totals["entropy"],
-                    "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                    "grad_norm": grad_norm,
                     "lr": float(self.engine.get_lr()[0]),
                     "num_sequences": len(mini),
                     "num_tokens": global_tokens,
@@ -239,6 +243,33 @@ class PolicyTrainer:
                 if on_step:
                     on_step(metrics)
         return steps
+
+    def _rank_micro_batches(self, mini: torch.Tensor) -> list[tuple[torch.Tensor, float]]:
+        """This rank's micro-batches of a mini-batch: rows rank, rank + W, ... cut into micro-batches, each with a
+        weight (1, or 0 for a stand-in row when this rank has fewer micro-batches than another: every rank must run
+        the same number of backward passes)."""
+        per_rank = [mini[r :: self.world_size] for r in range(self.world_size)]
+        count = max(1, max(-(-len(rows) // self.config.micro_batch_size) for rows in per_rank))
+        mine = per_rank[self.rank]
+        chunks = [mine[k * self.config.micro_batch_size : (k + 1) * self.config.micro_batch_size] for k in range(count)]
+        return [(chunk, 1.0) if len(chunk) else (mini[:1], 0.0) for chunk in chunks]
+
+    def _grad_norm(self) -> float:
+        """L2 norm of the step's gradient before clipping (DeepSpeed reports none for ZeRO 0/1 in fp32)."""
+        reported = self.engine.get_global_grad_norm()
+        if reported is not None and math.isfinite(float(reported)):
+            return float(reported)
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        if not grads:
+            return float("nan")
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+    def _sum_over_ranks(self, totals: dict[str, float]) -> dict[str, float]:
+        if self.world_size == 1:
+            return totals
+        values = torch.tensor(list(totals.values()), dtype=torch.float64)
+        torch.distributed.all_reduce(values)
+        return dict(zip(totals, values.tolist(), strict=True))
 
     def _micro_loss(self, rollouts, index, advantages, old_logprob, ref_logprob, global_tokens, global_sequences):
         """The loss of one micro-batch (its share of the step's loss) and its share of each step metric."""
@@ -276,14 +307,18 @@ class PolicyTrainer:
         }
 
     def save(self, deepspeed_dir: Path, hf_dir: Path, client_state: dict | None = None) -> None:
-        """Write the DeepSpeed checkpoint (weights and optimizer) and an HF-format folder that generators load."""
+        """Write the DeepSpeed checkpoint (weights and optimizer; every rank takes part) and, from rank 0, an HF-format
+        folder that generators load."""
         self.engine.save_checkpoint(str(deepspeed_dir), tag=CHECKPOINT_TAG, client_state=client_state or {})
         module = self.engine.module
         if self.config.zero_stage == 3:
             with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                module.save_pretrained(hf_dir)
-        else:
+                if self.rank == 0:
+                    module.save_pretrained(hf_dir)
+        elif self.rank == 0:
             module.save_pretrained(hf_dir)
+        if self.rank != 0:
+            return
         AutoTokenizer.from_pretrained(self.base_model_dir).save_pretrained(hf_dir)
         if (self.base_model_dir / "generation_config.json").is_file():
             (hf_dir / "generation_config.json").write_bytes(

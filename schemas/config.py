@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 
 class Section(BaseModel):
@@ -96,6 +96,17 @@ class PlanningSection(Section):
     grams: str | None = Field(
         None, description="Strategic Gram file (JSON list or one gram a line); default: the paper's."
     )
+    grams_version: str | None = Field(
+        None,
+        pattern=r"^sg-[0-9a-f]{8}$",
+        description="A mined Strategic Gram set in the run's warehouse, by version (`hicra sgs mine`); not with grams.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PlanningSection:
+        if self.grams and self.grams_version:
+            raise ValueError("set planning.grams (a file) or planning.grams_version (a mined set), not both")
+        return self
 
 
 class AlgorithmSection(Section):
@@ -138,12 +149,53 @@ class TrainerSection(Section):
     epochs: int = Field(1, ge=1, description="Passes over an iteration's rollouts.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage.")
+    num_processes: int = Field(
+        1, ge=1, description="Data-parallel ranks of the update; more than 1 launches them with torchrun (gloo on CPU)."
+    )
 
     @model_validator(mode="after")
     def _micro_fits_mini(self) -> TrainerSection:
         if self.micro_batch_size > self.mini_batch_size:
             raise ValueError("trainer.micro_batch_size must not exceed trainer.mini_batch_size")
         return self
+
+
+class EvalProtocol(Section):
+    """How a checkpoint samples and is graded on a benchmark suite (ALGORITHM.md section 6, after DeepSeek-R1)."""
+
+    temperature: float = Field(0.6, gt=0, description="Sampling temperature.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling threshold.")
+    samples: dict[str, PositiveInt] = Field(
+        default_factory=lambda: {"aime24": 32, "aime25": 32, "amc23": 4},
+        description="Samples per problem by suite name (avg@k is the mean reward over them).",
+    )
+    default_samples: PositiveInt = Field(1, description="Samples per problem of the suites `samples` does not name.")
+    max_new_tokens: PositiveInt | None = Field(
+        None, description="Response length limit; default: the run's rollout.max_new_tokens (a model folder: 1024)."
+    )
+    prompt: Literal["auto", "chat", "plain"] = Field(
+        "auto", description="`auto`: the tokenizer's chat template when it has one, else the plain template."
+    )
+    template: str | None = Field(
+        None, description="Template with `{problem}`: the user message (chat) or the whole prompt (plain)."
+    )
+    fallbacks: list[Literal["boxed", "answer_is"]] = Field(
+        default_factory=lambda: ["boxed"], description="Answer extractors, tried in order (paper: the last boxed)."
+    )
+    seed: int = Field(0, ge=0, description="Mixed into the seed of every sample.")
+
+    def samples_for(self, suite: str) -> int:
+        return self.samples.get(suite, self.default_samples)
+
+
+class EvalSection(Section):
+    every: int = Field(0, ge=0, description="Evaluate the checkpoint of every k-th iteration after its update; 0: off.")
+    suites: list[str] = Field(
+        default_factory=lambda: ["synthetic"],
+        description="Suites: a benchmark name, `synthetic[:N]`, a JSONL or Parquet file, or `hf:NAME[:SPLIT]`.",
+    )
+    limit: PositiveInt | None = Field(None, description="Evaluate only the first N problems of each suite.")
+    protocol: EvalProtocol = Field(default_factory=EvalProtocol)
 
 
 class RunConfig(Section):
@@ -155,12 +207,14 @@ class RunConfig(Section):
     planning: PlanningSection = Field(default_factory=PlanningSection)
     algorithm: AlgorithmSection = Field(default_factory=AlgorithmSection)
     trainer: TrainerSection = Field(default_factory=TrainerSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
 
     def config_hash(self) -> str:
         """Hash of every field that changes what a run computes (not its length or where it is stored)."""
         data = self.model_dump(mode="json")
         data["run"].pop("iterations")
         data["run"].pop("warehouse")
+        data.pop("eval")  # evaluation reads checkpoints; it never changes them
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:

@@ -112,12 +112,51 @@ class CheckpointRow(Row):
     created_at: dt.datetime
 
 
+class EvalResultRow(Row):
+    """One sampled answer of a checkpoint to one benchmark problem (table `eval_results`).
+
+    `iteration` is -1 for a model folder outside any run. `protocol_hash` names everything that decides the suite's
+    results (protocol, problem slice); one (checkpoint, suite, protocol) commits as stage `eval-<suite>-<hash>`.
+    """
+
+    checkpoint_id: str
+    checkpoint_path: str
+    suite: str
+    protocol_hash: str
+    problem_id: str
+    sample_index: Int32
+    reference: str
+    response: str
+    extracted: str | None
+    status: str
+    reward: float
+    response_length: Int32
+    finish_reason: str
+    seed: int
+
+
 class MetricRow(Row):
     """One named per-iteration metric computed by a stage (table `metrics`; `iteration_summary` pivots it)."""
 
     stage: str
     name: str
     value: float
+
+
+class StrategicGramRow(Row):
+    """One gram of a mined Strategic Gram set (table `strategic_grams`): run_id "sgs", iteration 0, one commit (stage
+    = the set's version) per set, see `tasks.mining`. Each row repeats its set's parameters (JSON) and corpus."""
+
+    version: str
+    gram: str
+    cluster: Int32
+    cluster_df: Int32
+    doc_freq: Int32
+    params: str
+    corpus: str
+    corpus_size: Int32
+    model: str
+    created_at: dt.datetime
 
 
 TABLES: dict[str, type[Row]] = {
@@ -128,6 +167,8 @@ TABLES: dict[str, type[Row]] = {
     "train_steps": TrainStepRow,
     "checkpoints": CheckpointRow,
     "metrics": MetricRow,
+    "strategic_grams": StrategicGramRow,
+    "eval_results": EvalResultRow,
 }
 
 _PLAIN: dict[Any, pa.DataType] = {

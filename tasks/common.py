@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
+from traceback import format_exc
 
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
 from rich.console import Console
 
-from schemas.config import RunConfig
-from warehouse.store import Warehouse
+from hicra.data import DataError
+from schemas.config import ConfigError, RunConfig
+from warehouse.store import AlreadyCommitted, Warehouse
 
 console = Console(highlight=False)
 
@@ -21,15 +27,66 @@ def open_warehouse(config: RunConfig) -> Warehouse:
     return Warehouse(config.run.warehouse)
 
 
-def begin_stage(store: Warehouse, config: RunConfig, iteration: int, stage: str) -> bool:
-    """False when the stage is committed (nothing to do); else remove a killed attempt's leftovers and return True."""
-    if store.is_committed(config.run.id, iteration, stage):
-        console.print(f"  [dim]iteration {iteration} {stage}: committed, skipped[/dim]")
+TRANSIENT_ERRORS = (OSError, RuntimeError, TimeoutError, MemoryError)
+PERMANENT_ERRORS = (ConfigError, DataError, RunConfigMismatch, FileNotFoundError, AlreadyCommitted)
+
+
+def retry_transient(task, task_run, state) -> bool:
+    """Prefect retry condition: retry what may pass on a second try (I/O, a dead worker), never bad config or data."""
+    try:
+        state.result()
+    except PERMANENT_ERRORS:
         return False
-    store.discard_uncommitted(config.run.id, iteration, stage)
-    if stage == "update":
-        shutil.rmtree(store.checkpoint_dir(config.run.id, iteration), ignore_errors=True)
-    return True
+    except TRANSIENT_ERRORS:
+        return True
+    except BaseException:
+        return False
+    return False
+
+
+StageFn = Callable[[Warehouse, RunConfig, int, str], str]
+
+
+def stage_task(stage: str, retries: int = 2) -> Callable[[StageFn], Task]:
+    """Make a stage function a Prefect task that runs only if the stage is not committed.
+
+    Before the function runs, what an earlier, killed attempt left uncommitted is removed; the attempt is recorded
+    (`stage_attempts`) with its error and traceback if it fails. The function gets (warehouse, config, iteration,
+    base model folder), writes and commits its outputs, and returns a one-line report for the console. Transient
+    errors are retried; the commit protocol makes a retry safe.
+    """
+
+    def wrap(fn: StageFn) -> Task:
+        def run(config: RunConfig, iteration: int, base_model_dir: str) -> None:
+            store = open_warehouse(config)
+            if store.is_committed(config.run.id, iteration, stage):
+                console.print(f"  [dim]iteration {iteration} {stage}: committed, skipped[/dim]")
+                return
+            store.discard_uncommitted(config.run.id, iteration, stage)
+            if stage == "update":
+                shutil.rmtree(store.checkpoint_dir(config.run.id, iteration), ignore_errors=True)
+            attempt = store.start_attempt(config.run.id, iteration, stage)
+            started = time.perf_counter()
+            try:
+                report = fn(store, config, iteration, base_model_dir)
+            except BaseException as err:
+                store.end_attempt(attempt, "failed", error=f"{type(err).__name__}: {err}", traceback=format_exc())
+                raise
+            store.end_attempt(attempt, "ok")
+            console.print(f"  iteration {iteration} {stage}: {report} ({time.perf_counter() - started:.1f}s)")
+
+        run.__name__, run.__qualname__, run.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+        return task(
+            run,
+            name=stage,
+            task_run_name=f"{{config.run.id}}-i{{iteration}}-{stage}",
+            cache_policy=NO_CACHE,
+            retries=retries,
+            retry_delay_seconds=2,
+            retry_condition_fn=retry_transient,
+        )
+
+    return wrap
 
 
 def policy_dir(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: str) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import datetime as dt
 import os
-import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -15,14 +14,15 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from transformers import AutoTokenizer
 
-from hicra.core_algos import AdvantageConfig, get_advantage_fn, group_advantage, mixed_groups
+from hicra.core_algos import AdvantageConfig, group_advantage
 from hicra.data import Prompt, load_jsonl_prompts, prompts_for_iteration
 from hicra.generate import HFGenerator, derive_seed
-from hicra.grams import GramMatcher, annotate, grams_version, load_grams
+from hicra.grams import GramMatcher, annotate, grams_version
 from hicra.metrics import conditional_entropy, fork_overlap, semantic_entropy, token_class_stats
 from hicra.prompts import render_prompt
 from hicra.tiny import build_tiny_policy, synthetic_problems
-from hicra.trainer import PolicyTrainer, Rollouts, UpdateConfig
+from hicra.trainer import UpdateConfig
+from hicra.update import UpdateRequest, run_update, run_update_distributed
 from hicra.verifier import Verifier
 from schemas.config import RunConfig
 from schemas.tables import (
@@ -35,12 +35,12 @@ from schemas.tables import (
     TrainStepRow,
     to_table,
 )
-from tasks.common import begin_stage, console, open_warehouse, policy_dir
+from tasks.common import console, policy_dir, stage_task
+from tasks.mining import planning_grams
+from warehouse.store import Warehouse
 
-STAGE_TASK = {"cache_policy": NO_CACHE, "retries": 0}
 
-
-@task(name="prepare-policy", task_run_name="{config.run.id}-prepare-policy", **STAGE_TASK)
+@task(name="prepare-policy", task_run_name="{config.run.id}-prepare-policy", cache_policy=NO_CACHE)
 def prepare_policy(config: RunConfig) -> str:
     """The base model folder: the embedded tiny policy (built once, then cached) or the configured HF folder."""
     if config.model.kind == "hf":
@@ -77,13 +77,9 @@ def _load_prompts(config: RunConfig) -> list[Prompt]:
     return load_jsonl_prompts(data.path, data.id_field, data.problem_field, data.answer_field)
 
 
-@task(name="rollout", task_run_name="{config.run.id}-i{iteration}-rollout", **STAGE_TASK)
-def rollout(config: RunConfig, iteration: int, base_model_dir: str) -> None:
+@stage_task("rollout")
+def rollout(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: str) -> str:
     """Sample G responses for each of the iteration's prompts with the previous iteration's policy."""
-    store = open_warehouse(config)
-    if not begin_stage(store, config, iteration, "rollout"):
-        return
-    started = time.perf_counter()
     run, ro = config.run, config.rollout
     prompts = prompts_for_iteration(_load_prompts(config), ro.prompts_per_iteration, run.id, run.seed, iteration)
     generator = HFGenerator(policy_dir(store, config, iteration, base_model_dir))
@@ -119,9 +115,7 @@ def rollout(config: RunConfig, iteration: int, base_model_dir: str) -> None:
         for (g, s), seed, out in zip(jobs, seeds, outputs, strict=True)
     ]
     store.commit_stage(run.id, iteration, "rollout", {"rollouts": to_table(RolloutRow, rows)})
-    tokens = sum(r.response_length for r in rows)
-    seconds = time.perf_counter() - started
-    console.print(f"  iteration {iteration} rollout: {len(rows)} responses, {tokens} tokens in {seconds:.1f}s")
+    return f"{len(rows)} responses, {sum(r.response_length for r in rows)} tokens"
 
 
 @lru_cache(maxsize=2)
@@ -132,13 +126,9 @@ def _verifier(workers: int, timeout_s: float, fallbacks: tuple[str, ...]) -> Ver
     return verifier
 
 
-@task(name="verify", task_run_name="{config.run.id}-i{iteration}-verify", **STAGE_TASK)
-def verify(config: RunConfig, iteration: int) -> None:
+@stage_task("verify")
+def verify(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: str) -> str:
     """Score every rollout against its reference with math-verify in worker processes under a deadline."""
-    store = open_warehouse(config)
-    if not begin_stage(store, config, iteration, "verify"):
-        return
-    started = time.perf_counter()
     rollouts = store.read_table("rollouts", config.run.id, iteration).to_pydict()
     vc = config.verifier
     results = _verifier(vc.workers, vc.timeout_s, tuple(vc.fallbacks)).score(
@@ -159,21 +149,15 @@ def verify(config: RunConfig, iteration: int) -> None:
         for rid, r in zip(rollouts["rollout_id"], results, strict=True)
     ]
     store.commit_stage(config.run.id, iteration, "verify", {"scores": to_table(ScoreRow, rows)})
-    not_ok = sum(r.status != "ok" for r in results)
-    seconds = time.perf_counter() - started
-    console.print(f"  iteration {iteration} verify: {len(rows)} scored, {not_ok} not ok, in {seconds:.1f}s")
+    return f"{len(rows)} scored, {sum(r.status != 'ok' for r in results)} not ok"
 
 
-@task(name="annotate", task_run_name="{config.run.id}-i{iteration}-annotate", **STAGE_TASK)
-def annotate_planning(config: RunConfig, iteration: int, base_model_dir: str) -> None:
+@stage_task("annotate")
+def annotate_planning(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: str) -> str:
     """Mark planning tokens: Strategic Gram matches in the decoded response, mapped to tokens by character spans."""
-    store = open_warehouse(config)
-    if not begin_stage(store, config, iteration, "annotate"):
-        return
-    started = time.perf_counter()
     rollouts = store.read_table("rollouts", config.run.id, iteration).to_pydict()
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
-    grams = load_grams(Path(config.planning.grams) if config.planning.grams else None)
+    grams = planning_grams(config.planning, store)
     matcher, version = GramMatcher(grams), grams_version(grams)
     eos = tokenizer.eos_token_id
     rows = []
@@ -204,8 +188,7 @@ def annotate_planning(config: RunConfig, iteration: int, base_model_dir: str) ->
     }
     store.commit_stage(config.run.id, iteration, "annotate", tables)
     share = sum(r.num_planning_tokens for r in rows) / max(1, sum(len(r.planning_mask) for r in rows))
-    seconds = time.perf_counter() - started
-    console.print(f"  iteration {iteration} annotate: planning-token share {share:.3f} in {seconds:.2f}s")
+    return f"planning-token share {share:.3f}"
 
 
 def _by_rollout(table: pa.Table, column: str) -> dict:
@@ -214,103 +197,83 @@ def _by_rollout(table: pa.Table, column: str) -> dict:
     return dict(zip(data["rollout_id"], data[column], strict=True))
 
 
-def _padded(rows: list[list[float]], width: int) -> torch.Tensor:
-    out = torch.zeros(len(rows), width)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.tensor(row, dtype=torch.float32)
-    return out
-
-
-@task(name="update", task_run_name="{config.run.id}-i{iteration}-update", **STAGE_TASK)
-def update(config: RunConfig, iteration: int, base_model_dir: str) -> None:
+@stage_task("update")
+def update(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: str) -> str:
     """Compute advantages and run the DeepSpeed policy update; save the checkpoint and its HF export."""
-    store = open_warehouse(config)
-    if not begin_stage(store, config, iteration, "update"):
-        return
-    started = time.perf_counter()
     run, algo = config.run, config.algorithm
     rollouts = store.read_table("rollouts", run.id, iteration).to_pydict()
     ids = rollouts["rollout_id"]
     reward = _by_rollout(store.read_table("scores", run.id, iteration), "reward")
     planning = _by_rollout(store.read_table("planning", run.id, iteration), "planning_mask")
-    pad_id = AutoTokenizer.from_pretrained(base_model_dir).pad_token_id or 0
-    batch = Rollouts(rollouts["prompt_token_ids"], rollouts["response_token_ids"], pad_id)
-    rewards = torch.tensor([reward[r] for r in ids], dtype=torch.float32)
-    group_index = torch.tensor(rollouts["group_index"], dtype=torch.long)
-    planning_mask = _padded([planning[r] for r in ids], batch.response_ids.shape[1])
-
-    trainer = PolicyTrainer(
-        Path(base_model_dir),
-        _update_config(config, iteration),
-        resume_from=store.checkpoint_dir(run.id, iteration - 1) / "deepspeed" if iteration > 0 else None,
-    )
-    old_logprob, entropy, ref_logprob = trainer.old_logprobs(batch)
-    advantages, amplified = get_advantage_fn(algo.advantage)(
-        rewards,
-        group_index,
-        batch.response_mask,
-        planning_mask,
-        entropy,
-        AdvantageConfig(
+    staging = store.staging_dir(run.id, iteration, "update")
+    request = UpdateRequest(
+        base_model_dir=base_model_dir,
+        resume_from=str(store.checkpoint_dir(run.id, iteration - 1) / "deepspeed") if iteration > 0 else None,
+        save_to=str(staging / "checkpoint"),
+        prompt_ids=rollouts["prompt_token_ids"],
+        response_ids=rollouts["response_token_ids"],
+        planning=[planning[r] for r in ids],
+        rewards=[reward[r] for r in ids],
+        group_index=rollouts["group_index"],
+        pad_id=AutoTokenizer.from_pretrained(base_model_dir).pad_token_id or 0,
+        advantage=algo.advantage,
+        advantage_config=AdvantageConfig(
             adv_norm=algo.adv_norm,
             alpha=algo.alpha,
             entropy_fraction=algo.entropy_fraction,
             placebo_ngram=algo.placebo_ngram,
             seed=derive_seed("placebo", run.id, run.seed, iteration),
         ),
+        trainer=_update_config(config, iteration),
+        dynamic_sampling=algo.dynamic_sampling,
+        client_state={"run_id": run.id, "iteration": iteration},
     )
-    keep = mixed_groups(rewards, group_index) if algo.dynamic_sampling else torch.ones(len(ids), dtype=torch.bool)
-    steps = []
-    if bool(keep.any()):
-        kept = keep.nonzero()[:, 0]
-        ref = ref_logprob[kept] if ref_logprob is not None else None
-        steps = trainer.update(batch.subset(kept), advantages[kept], old_logprob[kept], ref)
-
-    staging = store.staging_dir(run.id, iteration, "update")
-    trainer.save(staging / "deepspeed", staging / "hf", client_state={"run_id": run.id, "iteration": iteration})
+    processes = config.trainer.num_processes
+    result = run_update(request) if processes == 1 else run_update_distributed(request, processes, staging)
     final = store.checkpoint_dir(run.id, iteration)
     final.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging, final)
+    os.replace(staging / "checkpoint", final)
 
-    lengths = batch.response_mask.sum(-1).long().tolist()
+    lengths = result.response_mask.sum(-1).long().tolist()
+    rewards, group_index = torch.tensor(request.rewards), torch.tensor(request.group_index)
     sequence_adv = group_advantage(rewards, group_index, algo.adv_norm)
     adv_rows = [
         AdvantageRow(
             run_id=run.id,
             iteration=iteration,
             rollout_id=rid,
-            in_update=bool(keep[k]),
+            in_update=bool(result.keep[k]),
             sequence_advantage=float(sequence_adv[k]),
-            advantage=advantages[k, :n].tolist(),
-            amplified_mask=amplified[k, :n].to(torch.int8).tolist(),
-            old_logprob=old_logprob[k, :n].tolist(),
-            entropy=entropy[k, :n].tolist(),
+            advantage=result.advantages[k, :n].tolist(),
+            amplified_mask=result.amplified[k, :n].to(torch.int8).tolist(),
+            old_logprob=result.old_logprob[k, :n].tolist(),
+            entropy=result.entropy[k, :n].tolist(),
         )
         for k, (rid, n) in enumerate(zip(ids, lengths, strict=True))
     ]
     metrics = {
-        **token_class_stats(entropy, old_logprob, planning_mask, batch.response_mask),
-        **fork_overlap(entropy, planning_mask, batch.response_mask, algo.entropy_fraction),
-        "dropped_groups": float(len(set(group_index[~keep].tolist()))),
+        **token_class_stats(result.entropy, result.old_logprob, result.planning_mask, result.response_mask),
+        **fork_overlap(result.entropy, result.planning_mask, result.response_mask, algo.entropy_fraction),
+        "dropped_groups": float(len(set(group_index[~result.keep].tolist()))),
     }
     checkpoint = CheckpointRow(
         run_id=run.id,
         iteration=iteration,
         hf_path=str((final / "hf").relative_to(store.root)),
         deepspeed_path=str((final / "deepspeed").relative_to(store.root)),
-        global_step=int(trainer.engine.global_steps),
+        global_step=result.global_step,
         created_at=dt.datetime.now(dt.UTC),
     )
+    steps = [TrainStepRow(run_id=run.id, iteration=iteration, **s) for s in result.steps]
     tables = {
         "advantages": to_table(AdvantageRow, adv_rows),
-        "train_steps": to_table(TrainStepRow, [TrainStepRow(run_id=run.id, iteration=iteration, **s) for s in steps]),
+        "train_steps": to_table(TrainStepRow, steps),
         "checkpoints": to_table(CheckpointRow, [checkpoint]),
         "metrics": _metrics_table(config, iteration, "update", metrics),
     }
     store.commit_stage(run.id, iteration, "update", tables)
-    loss = sum(s["loss"] for s in steps) / max(len(steps), 1)
-    seconds = time.perf_counter() - started
-    console.print(f"  iteration {iteration} update: {len(steps)} optimizer steps, loss {loss:.4f} in {seconds:.1f}s")
+    loss = sum(s.loss for s in steps) / max(len(steps), 1)
+    return f"{len(steps)} optimizer steps, loss {loss:.4f}"
 
 
 def _update_config(config: RunConfig, iteration: int) -> UpdateConfig:

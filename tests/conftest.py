@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # A policy small enough to warm up in seconds, yet trained enough to answer some problems right.
 TEST_MODEL = {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 256, "warmup_steps": 150}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a test's Prefect server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def small_config(warehouse: Path, run_id: str = "t", iterations: int = 2, **sections: dict) -> dict:

@@ -48,3 +48,16 @@ def test_hash_ignores_length_and_location_but_not_algorithm():
     other = load_config(None, **{"algorithm.alpha": 0.1})
     assert base.config_hash() == longer.config_hash()
     assert base.config_hash() != other.config_hash()
+
+
+def test_set_overrides_parse_yaml_values_and_name_bad_fields():
+    from flows.cli import _parse_override
+
+    assert _parse_override("rollout.group_size=8") == ("rollout.group_size", 8)
+    assert _parse_override("algorithm.dynamic_sampling=true") == ("algorithm.dynamic_sampling", True)
+    key, value = _parse_override("algorithm.advantage=placebo")
+    assert load_config(ROOT / "configs" / "tiny.yaml", **{key: value}).algorithm.advantage == "placebo"
+    with pytest.raises(ConfigError, match=r"algorithm\.advantage"):
+        load_config(None, **{"algorithm.advantage": "ppo"})
+    with pytest.raises(ValueError, match="--set expects"):
+        _parse_override("no-equals-sign")

@@ -4,39 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, small_config
+from flows.serve import PREFECT, wait_healthy
+from tests.conftest import ROOT, free_port, small_config
 from warehouse.catalog import query
-
-PREFECT = str(Path(sys.executable).parent / "prefect")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_healthy(url: str, server: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert server.poll() is None, "the Prefect server exited"
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"no healthy Prefect server at {url}")
 
 
 @pytest.mark.slow
@@ -58,7 +33,7 @@ def test_deployment_run_trains_the_run(tmp_path):
                               stdout=logs[0], stderr=subprocess.STDOUT)  # fmt: skip
     worker = None
     try:
-        wait_healthy(api, server)
+        wait_healthy(api, server.pid)
 
         def prefect(*args: str, timeout: float = 300) -> str:
             done = subprocess.run([PREFECT, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)

@@ -125,6 +125,10 @@ def test_bad_dataset_row_stops_before_anything_is_committed(tmp_path, prefect_se
     with pytest.raises(ValueError, match=r"prompts\.jsonl:2: row has no 'answer'"):
         train(config_path=str(config))
     assert Warehouse(tmp_path / "wh").commits() == []
+    attempts = query(tmp_path / "wh", "select stage, status, error from stage_attempts").to_pylist()
+    assert len(attempts) == 1, "a data error must not be retried"
+    assert attempts[0]["stage"] == "rollout" and attempts[0]["status"] == "failed"
+    assert "row has no 'answer'" in attempts[0]["error"]
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 600) -> None:
@@ -167,6 +171,24 @@ def test_sigkill_inside_stages_then_resume_equals_uninterrupted_run(trained, tmp
     assert table_rows(root, "checkpoints", drop) == table_rows(baseline_root, "checkpoints", drop)
     assert len(table_rows(root, "train_steps")) == len(table_rows(baseline_root, "train_steps"))
     assert not list((root / "_staging").rglob("*.parquet"))
+    interrupted = query(root, "select iteration, stage from stage_attempts where status = 'interrupted' order by all")
+    assert interrupted.to_pylist() == [
+        {"iteration": 0, "stage": "update"},
+        {"iteration": 0, "stage": "verify"},
+        {"iteration": 1, "stage": "rollout"},
+    ]
     for commit in store.commits():
         for f in commit.files:
             assert pq.read_metadata(root / f["path"]).num_rows == f["rows"]
+
+
+def test_runs_and_status_commands(trained, capsys):
+    root, _, _ = trained
+    from warehouse.runs import runs, status
+
+    (row,) = runs(str(root))
+    assert (row["run_id"], row["last_iteration"], row["last_stage"], row["failed"]) == ("t", 1, "update", 0)
+    assert [r["iteration"] for r in status(str(root), "t")] == [0, 1]
+    assert all(r["update"] is not None for r in status(str(root), "t"))
+    assert hicra_main(["status", "t", "--warehouse", str(root)]) == 0
+    assert "rollout" in capsys.readouterr().out

@@ -16,9 +16,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import shutil
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,26 @@ import pyarrow.parquet as pq
 from schemas.tables import SCHEMA_VERSION
 
 STAGES = ("rollout", "verify", "annotate", "update")
+ROW_GROUP_BYTES = 64 << 20
+"""About this much Arrow data per Parquet row group: big enough for fast scans, small enough that DuckDB reads a
+big commit (thousands of long rollouts) with several threads."""
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    """Something `Warehouse.verify` found wrong: `kind` is missing, truncated, altered or extra."""
+
+    path: str
+    kind: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What `Warehouse.gc` removed (or would remove), and the uncommitted paths it kept because they are recent."""
+
+    removed: list[Path]
+    kept_recent: list[Path]
 
 
 class AlreadyCommitted(RuntimeError):
@@ -56,6 +78,14 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _newest_mtime(path: Path) -> float:
+    """The latest modification time in a file or folder tree; infinity if it vanished meanwhile (so it is kept)."""
+    try:
+        return max([path.stat().st_mtime] + [p.stat().st_mtime for p in path.rglob("*")])
+    except FileNotFoundError:
+        return math.inf
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -134,7 +164,8 @@ class Warehouse:
         staged = []
         for table, data in tables.items():
             path = staging / f"{table}.parquet"
-            pq.write_table(data, path, compression="zstd")
+            row_group = min(1 << 20, max(1, data.num_rows * ROW_GROUP_BYTES // max(data.nbytes, 1)))
+            pq.write_table(data, path, compression="zstd", row_group_size=row_group)
             with path.open("rb") as fh:
                 os.fsync(fh.fileno())
             staged.append((table, path, data.num_rows))
@@ -156,6 +187,85 @@ class Warehouse:
         _write_atomic(self.commit_path(run_id, iteration, stage), record.to_json())
         shutil.rmtree(staging, ignore_errors=True)
         return record
+
+    # ---- attempts -----------------------------------------------------------------------------------------------
+    def start_attempt(self, run_id: str, iteration: int, stage: str) -> Path:
+        """Record that an attempt of a stage started; an attempt never ended was killed (or is running)."""
+        started = dt.datetime.now(dt.UTC)
+        path = self.root / "_attempts" / f"run_id={run_id}" / f"iteration={iteration}"
+        path = path / f"{stage}-{started.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:6]}.json"
+        record = {
+            "run_id": run_id, "iteration": iteration, "stage": stage, "status": "running",
+            "started_at": started.isoformat(), "ended_at": None, "host": socket.gethostname(), "pid": os.getpid(),
+            "error": None, "traceback": None,
+        }  # fmt: skip
+        _write_atomic(path, json.dumps(record))
+        return path
+
+    def end_attempt(self, path: Path, status: str, error: str | None = None, traceback: str | None = None) -> None:
+        """Close an attempt record: status `ok` or `failed` (with the error and its traceback)."""
+        record = json.loads(path.read_text())
+        record.update(status=status, ended_at=dt.datetime.now(dt.UTC).isoformat(), error=error, traceback=traceback)
+        _write_atomic(path, json.dumps(record))
+
+    def attempts(self, run_id: str | None = None) -> list[dict]:
+        """Every attempt record (of one run, or all), oldest first; `running` ones whose stage later committed or
+        that a later attempt followed were interrupted (killed)."""
+        pattern = f"run_id={run_id}/*/*.json" if run_id else "run_id=*/*/*.json"
+        records = [json.loads(p.read_text()) for p in (self.root / "_attempts").glob(pattern)]
+        return sorted(records, key=lambda r: r["started_at"])
+
+    # ---- integrity ----------------------------------------------------------------------------------------------
+    def uncommitted_files(self, run_id: str | None = None) -> list[Path]:
+        """Parquet files outside `_staging` that no commit record names: failed attempts, or a stage writing now."""
+        named = {self.root / f["path"] for c in self.commits() for f in c.files}
+        found = []
+        for path in sorted(self.root.rglob("*.parquet")):
+            parts = path.relative_to(self.root).parts
+            if parts[0] != "_staging" and (run_id is None or f"run_id={run_id}" in parts) and path not in named:
+                found.append(path)
+        return found
+
+    def verify(self, run_id: str | None = None) -> list[FileProblem]:
+        """Check every committed file against its commit record (exists, row count, sha256) and list extra files."""
+        problems = []
+        for c in self.commits(run_id):
+            for f in c.files:
+                path, where = self.root / f["path"], f"committed by {c.run_id}/{c.iteration}/{c.stage}"
+                if not path.is_file():
+                    problems.append(FileProblem(f["path"], "missing", where))
+                    continue
+                try:
+                    rows = pq.ParquetFile(path).metadata.num_rows
+                except (pa.ArrowInvalid, OSError) as err:
+                    problems.append(FileProblem(f["path"], "truncated", f"not a readable Parquet file: {err}"))
+                    continue
+                if rows != f["rows"]:
+                    problems.append(FileProblem(f["path"], "altered", f"{rows} rows, {f['rows']} {where}"))
+                elif _sha256(path) != f["sha256"]:
+                    problems.append(FileProblem(f["path"], "altered", f"sha256 differs from the one {where}"))
+        for path in self.uncommitted_files(run_id):
+            detail = "named by no commit record (a failed attempt, or a stage writing now)"
+            problems.append(FileProblem(str(path.relative_to(self.root)), "extra", detail))
+        return problems
+
+    def gc(self, min_age: float = 3600.0, dry_run: bool = False) -> Sweep:
+        """Remove `_staging` leftovers and uncommitted partition files older than `min_age` seconds, never a
+        committed file (nor a Parquet file outside the partition layout); younger ones may belong to a stage being
+        written right now, so they are kept."""
+        now = time.time()
+        staged = [p for p in (self.root / "_staging").glob("*/*/*") if p.is_dir()]
+        partitions = set(self.root.glob("*/run_id=*/iteration=*"))
+        candidates = staged + [p for p in self.uncommitted_files() if p.parent in partitions]
+        old = [p for p in candidates if now - _newest_mtime(p) >= min_age]
+        if not dry_run:
+            for path in old:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                for parent in path.parents:  # drop partition and staging folders left empty
+                    if parent == self.root or any(parent.iterdir()):
+                        break
+                    parent.rmdir()
+        return Sweep(removed=old, kept_recent=[p for p in candidates if p not in old])
 
     # ---- reading ------------------------------------------------------------------------------------------------
     def read_table(self, table: str, run_id: str, iteration: int) -> pa.Table:

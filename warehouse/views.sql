@@ -9,6 +9,58 @@ CREATE OR REPLACE VIEW train_steps AS SELECT * FROM _train_steps;
 CREATE OR REPLACE VIEW checkpoints AS SELECT * FROM _checkpoints;
 CREATE OR REPLACE VIEW commits AS SELECT * FROM _commits;
 CREATE OR REPLACE VIEW metrics AS SELECT * FROM _metrics;
+CREATE OR REPLACE VIEW strategic_grams AS SELECT * FROM _strategic_grams;  -- mined SG sets, run_id 'sgs'
+
+-- Every attempt of every stage: `failed` ones carry the error and traceback; a `running` one that a later attempt
+-- of the same stage followed was interrupted (killed).
+CREATE OR REPLACE VIEW stage_attempts AS
+SELECT * REPLACE (
+    CASE WHEN status = 'running' AND lead(started_at) OVER w IS NOT NULL THEN 'interrupted' ELSE status END AS status
+)
+FROM _stage_attempts
+WINDOW w AS (PARTITION BY run_id, iteration, stage ORDER BY started_at);
+
+-- Each run's vocabulary: token ids with their text, from the tokenizer.json saved with the run's checkpoints (no
+-- table stores per-token text). Byte-level BPE pieces (GPT-2, Llama 3, Qwen, the tiny policy) are mapped back to
+-- their bytes (the inverse of GPT-2's bytes_to_unicode) and decoded; a piece that is only part of a UTF-8 character,
+-- and every piece of another tokenizer kind, has NULL text. Empty until a run's first checkpoint is committed.
+CREATE OR REPLACE VIEW vocab AS
+WITH added AS (
+    SELECT run_id, (a.value ->> 'id')::INTEGER AS token_id, a.value ->> 'content' AS piece, a.value ->> 'content' AS text
+    FROM _tokenizers, json_each(tokenizer, '$.added_tokens') AS a
+), pieces AS (
+    SELECT run_id, v.value::INTEGER AS token_id, v.key AS piece,
+           CASE WHEN tokenizer ->> '$.decoder.type' = 'ByteLevel' THEN try(decode(from_hex(array_to_string(
+               [printf('%02x', CASE WHEN unicode(c) < 256 THEN unicode(c) WHEN unicode(c) < 289 THEN unicode(c) - 256
+                                    WHEN unicode(c) < 323 THEN unicode(c) - 162 ELSE 173 END)
+                FOR c IN string_split(v.key, '')], '')))) END AS text
+    FROM _tokenizers, json_each(tokenizer, '$.model.vocab') AS v
+)
+SELECT * FROM added
+UNION ALL
+SELECT * FROM pieces WHERE NOT EXISTS (SELECT 1 FROM added WHERE added.run_id = pieces.run_id AND added.token_id = pieces.token_id);
+
+-- One row per response token, with everything aligned to it. `position` counts from 0 within the response; the
+-- planning and advantage columns are NULL until the annotate and update stages of the iteration commit.
+CREATE OR REPLACE VIEW tokens AS
+WITH t AS (
+    SELECT r.run_id, r.iteration, r.rollout_id,
+           generate_subscripts(r.response_token_ids, 1) - 1 AS position,
+           unnest(r.response_token_ids) AS token_id,
+           unnest(r.sampler_logprobs) AS sampler_logprob,
+           unnest(p.planning_mask) AS planning,
+           unnest(a.advantage) AS advantage,
+           unnest(a.amplified_mask) AS amplified,
+           unnest(a.old_logprob) AS old_logprob,
+           unnest(a.entropy) AS entropy
+    FROM rollouts r
+    LEFT JOIN planning p USING (run_id, iteration, rollout_id)
+    LEFT JOIN advantages a USING (run_id, iteration, rollout_id)
+)
+SELECT t.run_id, t.iteration, t.rollout_id, t.position, t.token_id, v.text AS token_text,
+       t.planning = 1 AS is_planning, t.amplified = 1 AS is_amplified, t.advantage, t.entropy, t.old_logprob,
+       t.sampler_logprob
+FROM t LEFT JOIN vocab v ON v.run_id = t.run_id AND v.token_id = t.token_id;
 
 -- One row per (run, iteration): what a researcher looks at first.
 CREATE OR REPLACE VIEW iteration_summary AS
@@ -73,3 +125,48 @@ LEFT JOIN m USING (run_id, iteration)
 LEFT JOIN m0 USING (run_id)
 LEFT JOIN t USING (run_id, iteration)
 ORDER BY r.run_id, r.iteration;
+
+-- Benchmark evaluation (hicra-eval): one row per sampled answer; iteration -1 is a model folder outside any run.
+CREATE OR REPLACE VIEW eval_results AS SELECT * FROM _eval_results;
+
+-- Unbiased pass@k (Chen et al. 2021) per (checkpoint, suite, protocol) for k = 1, 2, 4, ... and k = the samples per
+-- problem: the mean over problems of 1 - C(n-c, k) / C(n, k) = 1 - prod_{i<k} (n-c-i) / (n-i), with n samples and c
+-- correct ones (a factor is 0 once n-c < k, so the product needs no special case).
+CREATE OR REPLACE VIEW eval_pass_at_k AS
+WITH p AS (
+    SELECT run_id, iteration, checkpoint_id, suite, protocol_hash, problem_id,
+           count(*) AS n, count(*) FILTER (WHERE reward > 0) AS c
+    FROM eval_results GROUP BY ALL
+), m AS (
+    SELECT run_id, iteration, checkpoint_id, suite, protocol_hash, min(n) AS n FROM p GROUP BY ALL
+), k AS (
+    SELECT run_id, iteration, checkpoint_id, suite, protocol_hash, CAST(2 ** e AS BIGINT) AS k
+    FROM (SELECT *, unnest(range(CAST(floor(log2(n)) AS BIGINT) + 1)) AS e FROM m)
+    UNION SELECT run_id, iteration, checkpoint_id, suite, protocol_hash, n AS k FROM m
+), terms AS (
+    SELECT p.*, k.k, unnest(range(k.k)) AS i
+    FROM p JOIN k USING (run_id, iteration, checkpoint_id, suite, protocol_hash)
+), per_problem AS (
+    SELECT run_id, iteration, checkpoint_id, suite, protocol_hash, problem_id, k,
+           1.0 - product((n - c - i) / (n - i)) AS pass_at_k
+    FROM terms GROUP BY ALL
+)
+SELECT run_id, iteration, checkpoint_id, suite, protocol_hash, k, avg(pass_at_k) AS pass_at_k
+FROM per_problem GROUP BY ALL
+ORDER BY run_id, iteration, suite, protocol_hash, k;
+
+-- One row per (run, checkpoint, suite, protocol): avg@k (the paper's Pass@1: the mean reward over all k samples of
+-- every problem), pass@k at k = the samples per problem (unbiased estimator), mean response length in tokens.
+CREATE OR REPLACE VIEW eval_summary AS
+WITH s AS (
+    SELECT run_id, iteration, checkpoint_id, suite, protocol_hash, count(DISTINCT problem_id) AS problems,
+           CAST(count(*) / count(DISTINCT problem_id) AS BIGINT) AS k, avg(reward) AS avg_at_k,
+           avg(response_length) AS mean_response_length,
+           avg(CASE WHEN status <> 'ok' THEN 1.0 ELSE 0.0 END) AS not_ok_share,
+           avg(CASE WHEN finish_reason = 'length' THEN 1.0 ELSE 0.0 END) AS truncated_share
+    FROM eval_results GROUP BY ALL
+)
+SELECT s.run_id, s.iteration, s.checkpoint_id, s.suite, s.protocol_hash, s.problems, s.k, s.avg_at_k, p.pass_at_k,
+       s.mean_response_length, s.not_ok_share, s.truncated_share
+FROM s JOIN eval_pass_at_k p USING (run_id, iteration, checkpoint_id, suite, protocol_hash, k)
+ORDER BY s.run_id, s.iteration, s.suite, s.protocol_hash;

@@ -1,0 +1,142 @@
+"""`hicra eval` (the `hicra-eval` flow on one checkpoint) and `hicra verify` (grade a file of model outputs).
+
+Kept apart from flows/evaluate.py so that building the command line imports neither Prefect nor torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from schemas.config import EvalProtocol
+
+EVAL_COLUMNS = {
+    "problems": "problems",
+    "k": "k",
+    "avg_at_k": "avg@k",
+    "pass_at_k": "pass@k",
+    "mean_response_length": "length",
+    "not_ok_share": "not ok",
+}
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser("eval", help="evaluate a checkpoint on benchmark suites (the Prefect flow `hicra-eval`)")
+    target = ev.add_mutually_exclusive_group(required=True)
+    target.add_argument("--run", help="a run id: evaluate one of its committed checkpoints")
+    target.add_argument("--model", help="an HF model folder outside any run (stored as iteration -1)")
+    ev.add_argument("--iteration", default="latest", help="with --run: N, `latest` (default) or `all`")
+    ev.add_argument(
+        "--suites",
+        default="synthetic",
+        help="comma-separated: benchmark names (aime24, aime25, amc23, math500, minerva_math, olympiadbench, gsm8k), "
+        "synthetic[:N] (the tiny task's eval split, the default), a .jsonl/.parquet file, hf:NAME[:SPLIT]",
+    )
+    ev.add_argument("--limit", type=int, help="evaluate only the first N problems of each suite")
+    ev.add_argument("--samples", type=int, help="samples per problem on every suite (default: the paper's protocol)")
+    ev.add_argument("--max-new-tokens", type=int, help="response limit (default: the run's rollout.max_new_tokens)")
+    ev.add_argument("--protocol", help="YAML file of protocol settings (schemas.config.EvalProtocol)")
+    for name in ("id", "problem", "answer"):
+        ev.add_argument(f"--{name}-field", help=f"the {name} column of a suite file (dotted for a struct field)")
+    ev.add_argument("--batch-size", type=int, default=64, help="sequences generated together")
+    ev.add_argument("--workers", type=int, default=2, help="verifier worker processes")
+    ev.add_argument("--warehouse", help="warehouse root (default: $HICRA_WAREHOUSE or ./warehouse-data)")
+    ev.set_defaults(func=cmd_eval)
+
+    vf = sub.add_parser("verify", help="grade a JSONL file of model outputs (fields `response` and `reference`)")
+    vf.add_argument("file", help="JSONL: one object per line with `response` and `reference` (a string or a list)")
+    vf.add_argument("--out", help="output JSONL (default: stdout): reward, status, extracted, detail per input line")
+    vf.add_argument("--workers", type=int, default=2, help="verifier worker processes")
+    vf.add_argument("--timeout", type=float, default=5.0, help="hard wall-clock deadline per item, seconds")
+    vf.add_argument("--fallbacks", default="boxed", help="answer extractors in order: boxed, answer_is")
+    vf.set_defaults(func=cmd_verify)
+
+
+def _protocol(args: argparse.Namespace, suites: list[str]) -> EvalProtocol:
+    import yaml
+
+    from schemas.config import EvalProtocol
+
+    protocol = (yaml.safe_load(Path(args.protocol).read_text()) or {}) if args.protocol else {}
+    if args.samples:
+        protocol.update(samples={s: args.samples for s in suites}, default_samples=args.samples)
+    if args.max_new_tokens:
+        protocol["max_new_tokens"] = args.max_new_tokens
+    return EvalProtocol.model_validate(protocol)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from flows.cli import _prefect_defaults, _warehouse
+
+    _prefect_defaults()
+    from rich.console import Console
+    from rich.table import Table
+
+    from flows.evaluate import evaluate
+
+    suites = [s.strip() for s in args.suites.split(",") if s.strip()]
+    fields = {name: getattr(args, f"{name}_field") for name in ("id", "problem", "answer")}
+    iteration = (
+        None if args.iteration == "all" else args.iteration if args.iteration == "latest" else int(args.iteration)
+    )
+    rows = evaluate(
+        warehouse=_warehouse(args),
+        run_id=args.run,
+        iteration=iteration,
+        model_dir=args.model,
+        suites=suites,
+        limit=args.limit,
+        protocol=_protocol(args, suites),
+        fields={k: v for k, v in fields.items() if v} or None,
+        batch_size=args.batch_size,
+        verifier_workers=args.workers,
+    )
+    table = Table(title="eval_summary")
+    for label in ("checkpoint", "suite", *EVAL_COLUMNS.values()):
+        text = label in ("checkpoint", "suite")
+        table.add_column(label, justify="left" if text else "right", overflow="fold" if text else "ellipsis")
+    for row in rows:
+        cells = [row[key] for key in EVAL_COLUMNS]
+        table.add_row(
+            row["checkpoint_id"], row["suite"], *(f"{c:.4g}" if isinstance(c, float) else str(c) for c in cells)
+        )
+    Console(highlight=False).print(table)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from hicra.data import DataError
+    from hicra.verifier import Verifier
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    responses, references = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{number}: not valid JSON: {err.msg}") from err
+        if not isinstance(row, dict) or "response" not in row or row.get("reference") is None:
+            raise DataError(f"{path}:{number}: needs the fields 'response' and 'reference'")
+        responses.append(row["response"])
+        references.append(row["reference"])
+    with Verifier(workers=args.workers, timeout_s=args.timeout, fallbacks=args.fallbacks.split(",")) as verifier:
+        results = verifier.score(responses, references)
+    lines = [
+        json.dumps({"reward": r.reward, "status": r.status, "extracted": r.extracted, "detail": r.detail}) + "\n"
+        for r in results
+    ]
+    if args.out:
+        Path(args.out).write_text("".join(lines))
+    else:
+        sys.stdout.writelines(lines)
+    correct, not_ok = sum(r.reward > 0 for r in results), sum(r.status != "ok" for r in results)
+    print(f"{len(results)} graded: {correct} correct, {not_ok} not ok", file=sys.stderr)
+    return 0

@@ -1,0 +1,126 @@
+"""One iteration's policy update: advantages from rewards and masks, then DeepSpeed steps, on one rank or several.
+
+`run_update` does the work in this process (every rank runs it); `run_update_distributed` runs it on N ranks with
+torchrun (gloo on the CPU, NCCL on GPUs) and reads rank 0's result back. Both give the same parameters to float
+tolerance: each optimizer step's rows are split over ranks and losses keep the step's global normalisers.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from hicra.core_algos import AdvantageConfig, get_advantage_fn, mixed_groups
+from hicra.trainer import PolicyTrainer, Rollouts, UpdateConfig
+
+
+@dataclass
+class UpdateRequest:
+    """Everything an update needs, plain data so that it can be handed to other processes."""
+
+    base_model_dir: str
+    resume_from: str | None  # the previous iteration's DeepSpeed checkpoint folder
+    save_to: str  # gets deepspeed/ and hf/
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    planning: list[list[int]]  # 0/1 per response token
+    rewards: list[float]
+    group_index: list[int]
+    pad_id: int
+    advantage: str
+    advantage_config: AdvantageConfig
+    trainer: UpdateConfig
+    dynamic_sampling: bool = False
+    client_state: dict = field(default_factory=dict)
+
+
+@dataclass
+class UpdateResult:
+    """What the update used and did. Tensors are (N, T) over response tokens unless noted."""
+
+    advantages: torch.Tensor
+    amplified: torch.Tensor
+    old_logprob: torch.Tensor
+    entropy: torch.Tensor
+    response_mask: torch.Tensor
+    planning_mask: torch.Tensor
+    keep: torch.Tensor  # (N,) bool: rows the update trained on (dynamic sampling drops equal-reward groups)
+    steps: list[dict]
+    global_step: int
+
+
+def run_update(request: UpdateRequest) -> UpdateResult:
+    """Old-policy pass, advantages, clipped policy-gradient steps, checkpoint save; in this process (one rank)."""
+    batch = Rollouts(request.prompt_ids, request.response_ids, request.pad_id)
+    width = batch.response_ids.shape[1]
+    planning = torch.zeros(len(batch), width)
+    for row, mask in enumerate(request.planning):
+        planning[row, : len(mask)] = torch.tensor(mask, dtype=torch.float32)
+    rewards = torch.tensor(request.rewards, dtype=torch.float32)
+    group_index = torch.tensor(request.group_index, dtype=torch.long)
+    resume = Path(request.resume_from) if request.resume_from else None
+    trainer = PolicyTrainer(Path(request.base_model_dir), request.trainer, resume_from=resume)
+    old_logprob, entropy, ref_logprob = trainer.old_logprobs(batch)
+    advantages, amplified = get_advantage_fn(request.advantage)(
+        rewards, group_index, batch.response_mask, planning, entropy, request.advantage_config
+    )
+    keep = mixed_groups(rewards, group_index) if request.dynamic_sampling else torch.ones(len(batch), dtype=torch.bool)
+    steps = []
+    if bool(keep.any()):
+        kept = keep.nonzero()[:, 0]
+        ref = ref_logprob[kept] if ref_logprob is not None else None
+        steps = trainer.update(batch.subset(kept), advantages[kept], old_logprob[kept], ref)
+    save_to = Path(request.save_to)
+    trainer.save(save_to / "deepspeed", save_to / "hf", client_state=request.client_state)
+    return UpdateResult(
+        advantages=advantages,
+        amplified=amplified.contiguous(),
+        old_logprob=old_logprob,
+        entropy=entropy,
+        response_mask=batch.response_mask,
+        planning_mask=planning,
+        keep=keep,
+        steps=steps,
+        global_step=int(trainer.engine.global_steps),
+    )
+
+
+def run_update_distributed(request: UpdateRequest, num_processes: int, workdir: Path) -> UpdateResult:
+    """Run `run_update` on `num_processes` ranks with torchrun; raises with the ranks' output if any rank fails."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    request_path, result_path = workdir / "update-request.pt", workdir / "update-result.pt"
+    torch.save(request, request_path)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={num_processes}", "--master_addr=127.0.0.1",
+        f"--master_port={port}", "-m", "hicra.update", str(request_path), str(result_path),
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the {num_processes}-rank update failed:\n{(done.stdout + done.stderr)[-4000:]}")
+    return torch.load(result_path, weights_only=False)
+
+
+def main(argv: list[str]) -> None:
+    """torchrun entry point: `python -m hicra.update REQUEST.pt RESULT.pt`; rank 0 writes the result."""
+    request = torch.load(argv[0], weights_only=False)
+    result = run_update(request)
+    if torch.distributed.get_rank() == 0:
+        torch.save(result, argv[1])
+    torch.distributed.barrier()
+
+
+if __name__ == "__main__":
+    # import the module under its own name, so the pickled result names `hicra.update.UpdateResult`, not `__main__`
+    from hicra.update import main as module_main
+
+    module_main(sys.argv[1:])

@@ -1,0 +1,139 @@
+"""`hicra sql` (read-only queries over the warehouse's views) and `hicra warehouse check|gc` (integrity, cleanup)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import TextIO
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.table import Table
+
+from warehouse.catalog import init_sql, query
+from warehouse.runs import DEFAULT_WAREHOUSE, _root
+from warehouse.store import Warehouse
+
+FORMATS = ("table", "csv", "json", "parquet")
+
+
+def _existing_root(args: argparse.Namespace) -> str:
+    """The warehouse root the arguments name; an error if it is not a folder (rather than empty views)."""
+    root = _root(args)
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"no warehouse at {root!r} (use --warehouse or $HICRA_WAREHOUSE)")
+    return root
+
+
+def _plain(value: object) -> object:
+    """A value as CSV shows it: nested values as JSON, NULL as an empty field."""
+    if isinstance(value, list | dict):
+        return json.dumps(value, default=str)
+    return "" if value is None else value
+
+
+def write_result(result: pa.Table, fmt: str, out: TextIO) -> None:
+    """Write a query result to a text stream: a rich table, CSV with a header, or a JSON array (one row a line)."""
+    if fmt == "table":
+        table = Table(caption=f"{result.num_rows} rows")
+        for name in result.column_names:
+            table.add_column(name)
+        for row in result.to_pylist():
+            table.add_row(*("NULL" if v is None else str(v) for v in row.values()))
+        Console(file=out).print(table)
+    elif fmt == "csv":
+        writer = csv.writer(out)
+        writer.writerow(result.column_names)
+        writer.writerows([_plain(v) for v in row.values()] for row in result.to_pylist())
+    else:
+        rows = [json.dumps(row, default=str) for row in result.to_pylist()]
+        out.write("[\n" + ",\n".join(rows) + "\n]\n")
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    if args.init_file:
+        print(init_sql(_existing_root(args)))
+        return 0
+    if args.statement is None:
+        raise ValueError("give a SQL statement (or --init-file)")
+    if args.format == "parquet" and not args.out:
+        raise ValueError("--format parquet needs --out FILE")
+    try:
+        result = query(_existing_root(args), args.statement, read_only=True)
+    except duckdb.Error as err:  # DuckDB's first line names the problem; the rest repeats the statement
+        raise ValueError(str(err).splitlines()[0]) from None
+    if args.format == "parquet":
+        pq.write_table(result, args.out, compression="zstd")
+    elif args.out:
+        with open(args.out, "w", newline="") as fh:
+            write_result(result, args.format, fh)
+    else:
+        write_result(result, args.format, sys.stdout)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    store = Warehouse(_existing_root(args))
+    problems = store.verify(args.run)
+    files = sum(len(c.files) for c in store.commits(args.run))
+    for p in problems:
+        print(f"{p.kind:9} {p.path}: {p.detail}")
+    print(f"{files} committed files checked, {len(problems)} problems")
+    return 1 if problems else 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    store = Warehouse(_existing_root(args))
+    sweep = store.gc(min_age=args.min_age, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for path in sweep.removed:
+        print(f"{verb} {path.relative_to(store.root)}")
+    for path in sweep.kept_recent:
+        print(f"kept {path.relative_to(store.root)}: younger than {args.min_age:g}s, a stage may be writing it")
+    print(f"{verb} {len(sweep.removed)} uncommitted paths older than {args.min_age:g}s (never a committed file)")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    root_help = f"warehouse root (default: $HICRA_WAREHOUSE or ./{DEFAULT_WAREHOUSE})"
+    sql = sub.add_parser(
+        "sql",
+        help="run a read-only SQL query over the warehouse's views",
+        description="Run one SELECT over the warehouse's views (docs/sql-cookbook.md). Anything that would write, "
+        "attach, load or configure is refused, and the connection can read only the committed files.",
+    )
+    sql.add_argument("statement", nargs="?", help="one SELECT statement")
+    sql.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    sql.add_argument("--out", help="write the result to this file (needed for parquet)")
+    sql.add_argument("--warehouse", help=root_help)
+    sql.add_argument(
+        "--init-file",
+        action="store_true",
+        help="print the SQL that defines the views (as of now), for `duckdb -init FILE` or any DuckDB client",
+    )
+    sql.set_defaults(func=cmd_sql)
+
+    warehouse = sub.add_parser("warehouse", help="check the warehouse's files against their commit records; clean up")
+    actions = warehouse.add_subparsers(dest="action", required=True)
+    check = actions.add_parser(
+        "check", help="verify every committed file (exists, row count, sha256) and list files no commit names"
+    )
+    check.add_argument("--run", help="only this run (default: every run)")
+    check.add_argument("--warehouse", help=root_help)
+    check.set_defaults(func=cmd_check)
+    gc = actions.add_parser("gc", help="remove _staging leftovers and uncommitted files of failed attempts")
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    gc.add_argument(
+        "--min-age",
+        type=float,
+        default=3600.0,
+        help="only remove paths untouched for this many seconds, so a stage writing now keeps its files "
+        "(default: 3600)",
+    )
+    gc.add_argument("--warehouse", help=root_help)
+    gc.set_defaults(func=cmd_gc)
