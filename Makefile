@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean-demo serve stop
+.PHONY: demo test test-demo lint clean-demo serve stop
 
 demo: $(STAMP)
 	$(BIN)/hicra train --config configs/tiny.yaml
@@ -19,6 +19,10 @@ serve: $(STAMP)
 
 stop:
 	$(BIN)/hicra stop
+
+# The full-size embedded policy: its build and its accuracy band (minutes; the build is cached for `make demo`).
+test-demo: $(STAMP)
+	$(BIN)/python -m pytest -m demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -7,8 +7,6 @@ import importlib
 import os
 import sys
 
-DEFAULT_WAREHOUSE = "warehouse-data"
-
 
 def _prefect_defaults() -> None:
     """Settings for running flows with no server on a machine without network (before Prefect is imported)."""
@@ -18,7 +16,9 @@ def _prefect_defaults() -> None:
 
 
 def _warehouse(args: argparse.Namespace) -> str:
-    return args.warehouse or os.environ.get("HICRA_WAREHOUSE") or DEFAULT_WAREHOUSE
+    from warehouse.store import default_root
+
+    return default_root(args.warehouse)
 
 
 def _parse_override(item: str) -> tuple[str, object]:

@@ -8,7 +8,9 @@ import json
 import sys
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
+
+from hicra.mining import AUTO_MINIBATCH_ABOVE, MAX_DEFAULT_CLUSTERS, Algorithm
 
 
 def _gram_set(args: argparse.Namespace) -> list[str]:
@@ -136,14 +138,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     mine = sgs.add_parser("mine", help="mine a set from successful solutions and store it (flow hicra-sgs)")
     mine.add_argument("--warehouse", help=f"{warehouse_help}: corpus source and where the set is stored")
     corpus = mine.add_mutually_exclusive_group()
-    corpus.add_argument("--where", help="SQL condition ANDed onto the default corpus query (aliases r: rollouts, "
-                        "s: scores), e.g. \"r.run_id = 'tiny'\"")  # fmt: skip
+    where_help = "SQL condition ANDed onto the default corpus query (r: rollouts, s: scores), e.g. \"r.run_id = 'a'\""
+    corpus.add_argument("--where", help=where_help)
     corpus.add_argument("--sql", help="a full corpus query; its first column is the solution text")
     corpus.add_argument("--jsonl", help="a JSONL file of solutions instead of the warehouse")
     mine.add_argument("--field", help="JSONL field of the text (default: solution, else response)")
-    mine.add_argument("--clusters", type=int, help="k, the number of clusters (default: sqrt(#n-grams), at most 1000)")
-    mine.add_argument("--algorithm", choices=["auto", "kmeans", "minibatch-kmeans"], default="auto",
-                      help="clustering (auto: k-means, MiniBatchKMeans above 20,000 n-grams)")  # fmt: skip
+    mine.add_argument("--clusters", type=int, help=f"k (default: sqrt(#n-grams), at most {MAX_DEFAULT_CLUSTERS})")
+    auto = f"auto: k-means, MiniBatchKMeans above {AUTO_MINIBATCH_ABOVE:,} n-grams"
+    mine.add_argument("--algorithm", choices=get_args(Algorithm), default="auto", help=f"clustering ({auto})")
     mine.add_argument("--min-doc-freq", type=int, default=2, help="drop n-grams in fewer solutions (default: 2)")
     mine.add_argument("--top-share", type=float, default=0.2, help="share of clusters kept by Cluster DF (0.2)")
     mine.add_argument("--ngram-min", type=int, default=3, help="shortest n-gram in words (default: 3)")

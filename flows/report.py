@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 
 from warehouse.catalog import query
-from warehouse.runs import DEFAULT_WAREHOUSE
+from warehouse.store import ROOT_HELP
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     report = sub.add_parser("report", help="plot a run's per-iteration summary into PNGs and an index.md")
     report.add_argument("run_id")
-    report.add_argument("--warehouse", help=f"warehouse root (default: $HICRA_WAREHOUSE or ./{DEFAULT_WAREHOUSE})")
+    report.add_argument("--warehouse", help=ROOT_HELP)
     report.add_argument("--out", help="output folder (default: ./reports/RUN)")
     report.set_defaults(func=cmd_report)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from warehouse.runs import DEFAULT_WAREHOUSE
+from warehouse.store import ROOT_HELP
 
 if TYPE_CHECKING:
     from prefect.automations import AutomationCore
@@ -227,7 +227,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    warehouse_help = f"warehouse root (default: $HICRA_WAREHOUSE or ./{DEFAULT_WAREHOUSE}); state in ROOT/_prefect"
+    warehouse_help = f"{ROOT_HELP}; state in ROOT/_prefect"
     serve_parser = sub.add_parser("serve", help="start a local Prefect server and worker, deploy prefect.yaml")
     serve_parser.add_argument("--warehouse", help=warehouse_help)
     serve_parser.add_argument("--port", type=int, default=4200, help="the server's port on 127.0.0.1 (default 4200)")

@@ -200,7 +200,7 @@ def _cluster(embeddings: Any, k: int, algorithm: str, seed: int) -> list[int]:
     if algorithm == "kmeans":
         model = KMeans(n_clusters=k, n_init=1, random_state=seed)
     elif algorithm == "minibatch-kmeans":
-        model = MiniBatchKMeans(n_clusters=k, n_init=3, batch_size=4096, random_state=seed)
+        model = MiniBatchKMeans(n_clusters=k, n_init=1, batch_size=4096, random_state=seed)
     else:
         raise ValueError(f"unknown clustering algorithm {algorithm!r}")
     return model.fit_predict(embeddings).tolist()

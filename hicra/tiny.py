@@ -118,16 +118,16 @@ def _marbles(v: list[int], name: str) -> tuple[str, list[Step]]:
     return problem, [("find how many marbles the friend has", a, "+", b), ("add the marbles of both", a, "+", a + b)]
 
 
-def _tickets(v: list[int], name: str) -> tuple[str, list[Step]]:
+def _pages(v: list[int], name: str) -> tuple[str, list[Step]]:
     a, b, c = v
     problem = (
-        f"{name} buys {a} tickets for adults and {b} tickets for children. Each ticket costs {c} dollars. "
-        f"How much does {name} pay?"
+        f"{name} reads {a} pages on Monday, {b} pages on Tuesday and {c} pages on Wednesday. "
+        f"How many pages does {name} read in total?"
     )
-    return problem, [("find the number of tickets", a, "+", b), ("multiply by the price of a ticket", a + b, "*", c)]
+    return problem, [("add the pages of Monday and Tuesday", a, "+", b), ("add the pages of Wednesday", a + b, "+", c)]
 
 
-TEMPLATES = [(_pens, 3), (_apples, 4), (_shelves, 3), (_cookies, 4), (_marbles, 2), (_tickets, 3)]
+TEMPLATES = [(_pens, 3), (_apples, 4), (_shelves, 3), (_cookies, 4), (_marbles, 2), (_pages, 3)]
 """Six word-problem templates with the count of numbers (1-9) each one draws."""
 
 

@@ -92,6 +92,16 @@ class VerifierSection(Section):
     )
 
 
+class RewardSection(Section):
+    correct: float = Field(1.0, description="Reward of a response the verifier accepts (0 otherwise).")
+    format_reward: float = Field(0.0, description="Added when an answer could be extracted (status not no_answer).")
+    overlong_buffer: int = Field(
+        0, ge=0, description="DAPO overlong penalty: the last N tokens before rollout.max_new_tokens cost up to "
+        "`overlong_penalty`, linearly; 0 is off.",
+    )  # fmt: skip
+    overlong_penalty: float = Field(1.0, ge=0, description="Largest overlong penalty (at max_new_tokens).")
+
+
 class PlanningSection(Section):
     grams: str | None = Field(
         None, description="Strategic Gram file (JSON list or one gram a line); default: the paper's."
@@ -204,6 +214,7 @@ class RunConfig(Section):
     data: DataSection = Field(default_factory=DataSection)
     rollout: RolloutSection = Field(default_factory=RolloutSection)
     verifier: VerifierSection = Field(default_factory=VerifierSection)
+    reward: RewardSection = Field(default_factory=RewardSection)
     planning: PlanningSection = Field(default_factory=PlanningSection)
     algorithm: AlgorithmSection = Field(default_factory=AlgorithmSection)
     trainer: TrainerSection = Field(default_factory=TrainerSection)

@@ -20,6 +20,7 @@ from hicra.generate import HFGenerator, derive_seed
 from hicra.grams import GramMatcher, annotate, grams_version
 from hicra.metrics import conditional_entropy, fork_overlap, semantic_entropy, token_class_stats
 from hicra.prompts import render_prompt
+from hicra.rewards import RewardConfig, shaped_reward
 from hicra.tiny import build_tiny_policy, synthetic_problems
 from hicra.trainer import UpdateConfig
 from hicra.update import UpdateRequest, run_update, run_update_distributed
@@ -134,19 +135,21 @@ def verify(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: 
     results = _verifier(vc.workers, vc.timeout_s, tuple(vc.fallbacks)).score(
         rollouts["response"], rollouts["reference"]
     )
+    shaping = RewardConfig(**config.reward.model_dump())
+    max_length = config.rollout.max_new_tokens
     rows = [
         ScoreRow(
             run_id=config.run.id,
             iteration=iteration,
             rollout_id=rid,
-            reward=r.reward,
+            reward=shaped_reward(r.reward > 0, r.extracted is not None, length, max_length, shaping),
             correct=r.reward > 0,
             status=r.status,
             extracted=r.extracted,
             detail=r.detail,
             verify_seconds=r.seconds,
         )
-        for rid, r in zip(rollouts["rollout_id"], results, strict=True)
+        for rid, r, length in zip(rollouts["rollout_id"], results, rollouts["response_length"], strict=True)
     ]
     store.commit_stage(config.run.id, iteration, "verify", {"scores": to_table(ScoreRow, rows)})
     return f"{len(rows)} scored, {sum(r.status != 'ok' for r in results)} not ok"

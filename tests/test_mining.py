@@ -180,3 +180,16 @@ def test_config_selects_the_set_by_version_for_annotate(mined_warehouse):
 
     with pytest.raises(ConfigError, match="not both"):
         load_config(config_path, **{"planning.grams": "x.txt", "planning.grams_version": version})
+
+
+def test_jsonl_corpus_reads_solution_else_response(tmp_path):
+    from tasks.mining import select_corpus
+
+    path = tmp_path / "solutions.jsonl"
+    path.write_text('{"solution": "a b c"}\n\n{"response": "d e f", "solution": ""}\n{"response": "g h i"}\n')
+    texts, corpus = select_corpus.fn("unused", "unused", str(path), None)
+    assert texts == ["a b c", "g h i"] and corpus == f"jsonl:{path} field=solution/response"
+    path.write_text('{"text": "x", "response": "y"}\n{"text": "z"}\n')
+    assert select_corpus.fn("unused", "unused", str(path), "text")[0] == ["x", "z"]
+    with pytest.raises(ValueError, match=":2: no field 'solution or response'"):
+        select_corpus.fn("unused", "unused", str(path), None)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from flows.cli import main as hicra_main
 from flows.train import train
 from schemas.config import load_config
 from tasks.common import RunConfigMismatch
-from tests.conftest import ROOT, small_config
+from tests.conftest import ROOT, child_env, small_config
 from warehouse.catalog import query
 from warehouse.store import Warehouse
 
@@ -131,11 +130,12 @@ def test_bad_dataset_row_stops_before_anything_is_committed(tmp_path, prefect_se
     assert "row has no 'answer'" in attempts[0]["error"]
 
 
-def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 600) -> None:
+def _wait_for(folder: Path, pattern: str, process: subprocess.Popen, timeout: float = 600) -> None:
+    """Wait until a file matching `pattern` appears in `folder` (an attempt record: the stage has started)."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, f"the run ended before {path} appeared"
-        assert time.monotonic() < deadline, f"timed out waiting for {path}"
+    while not any(folder.glob(pattern)):
+        assert process.poll() is None, "the run ended before the stage started"
+        assert time.monotonic() < deadline, "timed out waiting for the stage to start"
         time.sleep(0.02)
 
 
@@ -146,20 +146,17 @@ def test_sigkill_inside_stages_then_resume_equals_uninterrupted_run(trained, tmp
     config = write_config(tmp_path / "run.yaml", {**yaml.safe_load(baseline_config.read_text()), "run": {
         **yaml.safe_load(baseline_config.read_text())["run"], "warehouse": str(root)}})  # fmt: skip
     store = Warehouse(root)
-    env = {**os.environ, "PREFECT_API_URL": prefect_server, "HICRA_DEBUG": "1"}
+    env = child_env(PREFECT_API_URL=prefect_server, HICRA_DEBUG="1")
     command = [sys.executable, "-m", "flows.cli", "train", "--config", str(config)]
-    # (commit that starts the stage, delay, stage that must be in flight when killed)
-    kills = [
-        ((0, "rollout"), 0.3, (0, "verify")),
-        ((0, "annotate"), 1.5, (0, "update")),
-        ((0, "update"), 1.0, (1, "rollout")),
-    ]
-    for (after_iteration, after_stage), delay, (iteration, stage) in kills:
+    # (iteration, stage, seconds after the stage's attempt started): the kill lands inside that stage
+    kills = [(0, "verify", 0.2), (0, "update", 1.0), (1, "rollout", 0.5)]
+    for iteration, stage, delay in kills:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        attempts = root / "_attempts" / "run_id=t" / f"iteration={iteration}"
         try:
-            _wait_for(store.commit_path("t", after_iteration, after_stage), process)
+            _wait_for(attempts, f"{stage}-*.json", process)
             time.sleep(delay)
-            assert not store.is_committed("t", iteration, stage), f"{stage} finished before the kill: raise the delay"
+            assert not store.is_committed("t", iteration, stage), f"{stage} finished before the kill: lower the delay"
             process.send_signal(signal.SIGKILL)
         finally:
             process.wait()

@@ -17,7 +17,7 @@ import yaml
 
 from flows.cli import main as hicra
 from schemas.tables import RolloutRow, ScoreRow, to_table
-from tests.conftest import ROOT, small_config
+from tests.conftest import ROOT, child_env, small_config
 from tests.test_warehouse import rollout, score
 from warehouse.catalog import ReadOnlyError, connect, query
 from warehouse.store import Warehouse
@@ -263,9 +263,7 @@ def test_readers_see_whole_iterations_while_a_run_writes(tmp_path, prefect_serve
     """Query in a loop while a run writes in a subprocess: no error, no half-visible stage, counts never go down."""
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(small_config(tmp_path / "wh", rollout={"prompts_per_iteration": 4})))
-    # an in-process run earlier in the session leaves its torch.distributed rendezvous (a port it still holds) here
-    rendezvous = ("MASTER_PORT", "MASTER_ADDR", "RANK", "LOCAL_RANK", "WORLD_SIZE")
-    env = {**{k: v for k, v in os.environ.items() if k not in rendezvous}, "PREFECT_API_URL": prefect_server}
+    env = child_env(PREFECT_API_URL=prefect_server)
     command = [sys.executable, "-m", "flows.cli", "train", "--config", str(config)]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen: list[dict[int, tuple]] = []

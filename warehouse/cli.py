@@ -16,15 +16,14 @@ from rich.console import Console
 from rich.table import Table
 
 from warehouse.catalog import init_sql, query
-from warehouse.runs import DEFAULT_WAREHOUSE, _root
-from warehouse.store import Warehouse
+from warehouse.store import ROOT_HELP, Warehouse, default_root
 
 FORMATS = ("table", "csv", "json", "parquet")
 
 
 def _existing_root(args: argparse.Namespace) -> str:
     """The warehouse root the arguments name; an error if it is not a folder (rather than empty views)."""
-    root = _root(args)
+    root = default_root(args.warehouse)
     if not Path(root).is_dir():
         raise FileNotFoundError(f"no warehouse at {root!r} (use --warehouse or $HICRA_WAREHOUSE)")
     return root
@@ -100,7 +99,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    root_help = f"warehouse root (default: $HICRA_WAREHOUSE or ./{DEFAULT_WAREHOUSE})"
+    root_help = ROOT_HELP
     sql = sub.add_parser(
         "sql",
         help="run a read-only SQL query over the warehouse's views",

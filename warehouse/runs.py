@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from rich.console import Console
 from rich.table import Table
 
 from warehouse.catalog import connect, query
-from warehouse.store import STAGES
-
-DEFAULT_WAREHOUSE = "warehouse-data"
+from warehouse.store import ROOT_HELP, STAGES, default_root
 
 RUNS_SQL = """
 WITH last AS (
@@ -66,17 +63,21 @@ def _print(rows: list[dict], title: str) -> None:
     Console().print(table)
 
 
-def _root(args: argparse.Namespace) -> str:
-    return args.warehouse or os.environ.get("HICRA_WAREHOUSE") or DEFAULT_WAREHOUSE
+def _show_runs(args: argparse.Namespace) -> int:
+    _print(runs(default_root(args.warehouse)), "runs")
+    return 0
+
+
+def _show_status(args: argparse.Namespace) -> int:
+    _print(status(default_root(args.warehouse), args.run_id), f"run {args.run_id}")
+    return 0
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     runs_parser = sub.add_parser("runs", help="list the warehouse's runs, their last committed stage and failures")
-    runs_parser.add_argument("--warehouse", help=f"warehouse root (default: $HICRA_WAREHOUSE or ./{DEFAULT_WAREHOUSE})")
-    runs_parser.set_defaults(func=lambda args: _print(runs(_root(args)), "runs") or 0)
+    runs_parser.add_argument("--warehouse", help=ROOT_HELP)
+    runs_parser.set_defaults(func=_show_runs)
     status_parser = sub.add_parser("status", help="show a run's iterations and when each stage committed")
     status_parser.add_argument("run_id")
-    status_parser.add_argument(
-        "--warehouse", help=f"warehouse root (default: $HICRA_WAREHOUSE or ./{DEFAULT_WAREHOUSE})"
-    )
-    status_parser.set_defaults(func=lambda args: _print(status(_root(args), args.run_id), f"run {args.run_id}") or 0)
+    status_parser.add_argument("--warehouse", help=ROOT_HELP)
+    status_parser.set_defaults(func=_show_status)

@@ -31,6 +31,15 @@ import pyarrow.parquet as pq
 from schemas.tables import SCHEMA_VERSION
 
 STAGES = ("rollout", "verify", "annotate", "update")
+DEFAULT_ROOT = "warehouse-data"
+ROOT_HELP = f"warehouse root (default: $HICRA_WAREHOUSE or ./{DEFAULT_ROOT})"
+
+
+def default_root(explicit: str | os.PathLike | None = None) -> str:
+    """The warehouse root a command uses: the one given, else $HICRA_WAREHOUSE, else ./warehouse-data."""
+    return str(explicit or os.environ.get("HICRA_WAREHOUSE") or DEFAULT_ROOT)
+
+
 ROW_GROUP_BYTES = 64 << 20
 """About this much Arrow data per Parquet row group: big enough for fast scans, small enough that DuckDB reads a
 big commit (thousands of long rollouts) with several threads."""

@@ -1,0 +1,120 @@
+"""The self-hosted path on 127.0.0.1: `hicra serve` (server, process worker, deployments, zombie automation), then
+`prefect deployment run` of `hicra/train` and `hicra-eval/scheduled` through that worker, then `hicra stop`.
+
+One server for the module: starting a Prefect server and deploying cost about a minute each on 2 cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+
+import psutil
+import pytest
+import yaml
+
+from flows.serve import AUTOMATION, POOL, PREFECT, alive, state_dir, stop
+from tests.conftest import ROOT, child_env, free_port, small_config
+from tests.test_evaluate import eval_commits
+from warehouse.catalog import query
+
+pytestmark = pytest.mark.slow
+
+
+def run(*command: str, env: dict, timeout: float = 900) -> str:
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(command)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """`hicra serve` on a free port (no scheduler: the cron deployment must not start runs of its own)."""
+    root, port = tmp_path_factory.mktemp("served") / "wh", free_port()
+    env = child_env(PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false")
+    started: list[psutil.Process] = []
+    try:
+        out = run(sys.executable, "-m", "flows.cli", "serve", "--warehouse", str(root), "--port", str(port), env=env)
+        assert "server: started" in out and "worker: started" in out, out
+        assert f"http://127.0.0.1:{port}" in out
+        pids = {name: int((state_dir(root) / f"hicra-{name}.pid").read_text()) for name in ("server", "worker")}
+        started = [psutil.Process(pid) for pid in pids.values()]
+        started += [child for process in started for child in process.children(recursive=True)]
+        yield {"root": root, "port": port, "pids": pids, "started": started, "env": env,
+               "api": f"http://127.0.0.1:{port}/api"}  # fmt: skip
+    finally:
+        stop(root)
+        for process in started:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+
+
+def test_serve_again_is_harmless_and_sets_everything_up(served):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    again = run(
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "serve",
+        "--warehouse",
+        str(served["root"]),
+        "--port",
+        str(served["port"] + 1),
+        env=served["env"],
+    )  # fmt: skip  (the live server's port wins)
+    assert "server: already running" in again and "worker: already running" in again, again
+    state = state_dir(served["root"])
+    assert {n: int((state / f"hicra-{n}.pid").read_text()) for n in ("server", "worker")} == served["pids"]
+    with temporary_settings(updates={PREFECT_API_URL: served["api"]}), get_client(sync_client=True) as client:
+        assert client.read_work_pool(POOL).type == "process"
+        assert client.read_deployment_by_name("hicra/train").work_pool_name == POOL
+        assert client.read_deployment_by_name("hicra-eval/scheduled").work_pool_name == POOL
+        [automation] = client.read_automations_by_name(AUTOMATION)
+        assert automation.enabled and automation.actions[0].type == "change-flow-run-state"
+
+
+def test_deployment_run_trains_the_run(served, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(small_config(tmp_path / "wh", run_id="deployed", iterations=1)))
+    env = {**served["env"], "PREFECT_API_URL": served["api"]}
+    out = run(PREFECT, "deployment", "run", "hicra/train", "--params", json.dumps({"config_path": str(config)}),
+              "--watch", "--watch-timeout", "900", env=env, timeout=960)  # fmt: skip
+    assert "COMPLETED" in out.upper(), out[-2000:]
+    summary = query(tmp_path / "wh", "select run_id, iteration, rollouts from iteration_summary").to_pylist()
+    assert summary == [{"run_id": "deployed", "iteration": 0, "rollouts": 32}]
+    assert query(tmp_path / "wh", "select count(*) n from checkpoints").to_pylist() == [{"n": 1}]
+
+
+def test_scheduled_eval_deployment_evaluates_only_new_checkpoints(served, small_run, tmp_path):
+    from flows.evaluate import evaluate
+
+    warehouse = shutil.copytree(small_run[0], tmp_path / "wh")
+    params = {"warehouse": str(warehouse), "limit": 2}  # the deployment's default suites: synthetic
+    evaluate(**params, run_id="t", iteration=0)  # iteration 0 already has results (in-process, the session server)
+    before = eval_commits(warehouse)
+    [(iteration, stage)] = before
+    assert iteration == 0
+    env = {**served["env"], "PREFECT_API_URL": served["api"]}
+    assert "*/30 * * * *" in run(PREFECT, "deployment", "inspect", "hicra-eval/scheduled", env=env)
+    out = run(PREFECT, "deployment", "run", "hicra-eval/scheduled", "--params", json.dumps(params), "--watch",
+              "--watch-timeout", "600", env=env, timeout=660)  # fmt: skip
+    assert "COMPLETED" in out.upper(), out[-2000:]
+    after = eval_commits(warehouse)
+    assert set(after) == {(0, stage), (1, stage)}  # the same suite and protocol on the new checkpoint
+    assert after[(0, stage)] == before[(0, stage)]  # the evaluated one untouched
+    counts = query(warehouse, "select iteration, count(*) n from eval_results group by 1 order by 1").to_pylist()
+    assert counts == [{"iteration": 0, "n": 2}, {"iteration": 1, "n": 2}]
+
+
+def test_stop_leaves_nothing(served):
+    out = run(sys.executable, "-m", "flows.cli", "stop", "--warehouse", str(served["root"]), env=served["env"])
+    assert "stopped: worker, server" in out
+    assert not [p.pid for p in served["started"] if alive(p.pid)]
+    assert not list(state_dir(served["root"]).glob("*.pid"))
+    again = run(sys.executable, "-m", "flows.cli", "stop", "--warehouse", str(served["root"]), env=served["env"])
+    assert "nothing was running" in again
