@@ -109,21 +109,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from hicra.data import DataError
+    from hicra.data import DataError, read_jsonl
     from hicra.verifier import Verifier
 
     path = Path(args.file)
-    if not path.is_file():
-        raise FileNotFoundError(f"file not found: {path}")
     responses, references = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{number}: not valid JSON: {err.msg}") from err
-        if not isinstance(row, dict) or "response" not in row or row.get("reference") is None:
+    for number, row in read_jsonl(path):
+        if "response" not in row or row.get("reference") is None:
             raise DataError(f"{path}:{number}: needs the fields 'response' and 'reference'")
         responses.append(row["response"])
         references.append(row["reference"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,13 +24,13 @@ class Prompt:
     answer: str
 
 
-def load_jsonl_prompts(path: str | Path, id_field="id", problem_field="problem", answer_field="answer") -> list[Prompt]:
-    """Prompts from a JSONL file; a missing file, a bad line, a missing field or a duplicate id is a `DataError`."""
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file; a missing file, a line that is not JSON or not
+    an object is a `DataError` naming the file and line."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"dataset file not found: {path}")
-    prompts, seen = [], set()
-    with path.open() as fh:
+        raise DataError(f"file not found: {path}")
+    with path.open(encoding="utf-8") as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -37,15 +38,24 @@ def load_jsonl_prompts(path: str | Path, id_field="id", problem_field="problem",
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}:{number}: not valid JSON: {err.msg}") from err
-            for field in (problem_field, answer_field):
-                value = row.get(field) if isinstance(row, dict) else None
-                if value is None or str(value).strip() == "":
-                    raise DataError(f"{path}:{number}: row has no '{field}'")
-            prompt_id = str(row.get(id_field, f"{path.stem}-{number}"))
-            if prompt_id in seen:
-                raise DataError(f"{path}:{number}: duplicate {id_field} {prompt_id!r}")
-            seen.add(prompt_id)
-            prompts.append(Prompt(prompt_id, str(row[problem_field]), str(row[answer_field])))
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{number}: expected a JSON object")
+            yield number, row
+
+
+def load_jsonl_prompts(path: str | Path, id_field="id", problem_field="problem", answer_field="answer") -> list[Prompt]:
+    """Prompts from a JSONL file; a missing file, a bad line, a missing field or a duplicate id is a `DataError`."""
+    path = Path(path)
+    prompts, seen = [], set()
+    for number, row in read_jsonl(path):
+        for field in (problem_field, answer_field):
+            if row.get(field) is None or str(row[field]).strip() == "":
+                raise DataError(f"{path}:{number}: row has no '{field}'")
+        prompt_id = str(row.get(id_field, f"{path.stem}-{number}"))
+        if prompt_id in seen:
+            raise DataError(f"{path}:{number}: duplicate {id_field} {prompt_id!r}")
+        seen.add(prompt_id)
+        prompts.append(Prompt(prompt_id, str(row[problem_field]), str(row[answer_field])))
     if not prompts:
         raise DataError(f"{path}: no rows")
     return prompts

@@ -36,9 +36,9 @@ class TinyModelSection(Section):
     num_layers: int = Field(4, ge=1, description="Transformer layers.")
     num_heads: int = Field(4, ge=1, description="Attention heads.")
     intermediate_size: int = Field(512, ge=8, description="MLP width.")
-    warmup_steps: int = Field(630, ge=0, description="Supervised warm-up steps on the synthetic task's solutions.")
-    batch_size: int = Field(32, ge=1, description="Warm-up batch size.")
-    lr: float = Field(3e-3, gt=0, description="Warm-up peak learning rate (linear warm-up, cosine decay).")
+    warmup_steps: int = Field(1500, ge=0, description="Supervised warm-up steps on the synthetic task's solutions.")
+    batch_size: int = Field(8, ge=1, description="Warm-up batch size.")
+    lr: float = Field(6e-3, gt=0, description="Warm-up peak learning rate (linear warm-up, cosine decay).")
 
 
 class ModelSection(Section):

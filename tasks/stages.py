@@ -49,23 +49,12 @@ def prepare_policy(config: RunConfig) -> str:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"model.path {path} is not an HF model folder (no config.json)")
         return str(path)
-    tiny = config.model.tiny
     with console.status("building the tiny policy (first run only, then cached)") as status:
 
         def progress(step: int, total: int, loss: float) -> None:
             status.update(f"warming up the tiny policy: step {step}/{total}, loss {loss:.3f}")
 
-        path = build_tiny_policy(
-            hidden_size=tiny.hidden_size,
-            num_layers=tiny.num_layers,
-            num_heads=tiny.num_heads,
-            intermediate_size=tiny.intermediate_size,
-            warmup_steps=tiny.warmup_steps,
-            batch_size=tiny.batch_size,
-            lr=tiny.lr,
-            seed=config.run.seed,
-            progress=progress,
-        )
+        path = build_tiny_policy(**config.model.tiny.model_dump(), seed=config.run.seed, progress=progress)
     return str(path)
 
 

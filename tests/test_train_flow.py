@@ -149,7 +149,7 @@ def test_sigkill_inside_stages_then_resume_equals_uninterrupted_run(trained, tmp
     env = child_env(PREFECT_API_URL=prefect_server, HICRA_DEBUG="1")
     command = [sys.executable, "-m", "flows.cli", "train", "--config", str(config)]
     # (iteration, stage, seconds after the stage's attempt started): the kill lands inside that stage
-    kills = [(0, "verify", 0.2), (0, "update", 1.0), (1, "rollout", 0.5)]
+    kills = [(0, "verify", 0.2), (0, "update", 0.3), (1, "rollout", 0.3)]
     for iteration, stage, delay in kills:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         attempts = root / "_attempts" / "run_id=t" / f"iteration={iteration}"
