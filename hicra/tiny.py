@@ -312,6 +312,7 @@ def build_tiny_policy(
     if target.exists():
         return _check_existing(target, key)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(target)
     temp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     temp.mkdir()
     try:
@@ -325,6 +326,17 @@ def build_tiny_policy(
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     return target
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Delete temporary build folders of `target` whose process is gone (a build killed by SIGKILL leaves one)."""
+    for temp in target.parent.glob(f".{target.name}.tmp-*"):
+        try:
+            os.kill(int(temp.name.rsplit("-", 2)[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(temp, ignore_errors=True)
+        except (ValueError, PermissionError):  # not our naming, or a live process of another user
+            continue
 
 
 def _check_existing(target: Path, key: str) -> Path:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import operator
+import os
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -152,6 +154,18 @@ def test_interrupted_build_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         tiny.build_tiny_policy(cache_dir=tmp_path, progress=interrupt, **SMALL)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_killed_build_leftovers_are_removed(tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid is free now
+    settings = {**SMALL, "warmup_steps": 2}
+    name = tiny.build_tiny_policy(cache_dir=tmp_path / "probe", **settings).name
+    (tmp_path / f".{name}.tmp-{dead.pid}-0000").mkdir()
+    (tmp_path / f".{name}.tmp-{os.getpid()}-0000").mkdir()  # a live build: kept
+    built = tiny.build_tiny_policy(cache_dir=tmp_path, **settings)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".{name}.tmp-{os.getpid()}-0000", name, "probe"])
+    assert built.name == name
 
 
 def test_out_dir_is_used_and_guarded(tmp_path: Path) -> None:
