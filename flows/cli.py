@@ -9,7 +9,9 @@ import sys
 
 
 def _prefect_defaults() -> None:
-    """Settings for running flows with no server on a machine without network (before Prefect is imported)."""
+    """Settings for running flows with no server on a machine without network (before Prefect is imported), and no
+    per-file progress bars of transformers' model loading and saving between the stage reports."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
