@@ -235,10 +235,9 @@ class Warehouse:
         for table, data in tables.items():
             path = f"{staging}/{table}.parquet"
             row_group = min(1 << 20, max(1, data.num_rows * ROW_GROUP_BYTES // max(data.nbytes, 1)))
-            with self.fs.open(path, "wb") as fh:
-                pq.write_table(data, fh, compression="zstd", row_group_size=row_group)
-                if self.local:
-                    fh.flush()
+            pq.write_table(data, path, filesystem=self.fs, compression="zstd", row_group_size=row_group)
+            if self.local:
+                with open(path, "rb") as fh:
                     os.fsync(fh.fileno())
             staged.append((table, path, data.num_rows))
         files = []
