@@ -219,7 +219,8 @@ def _lr_factor(step: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (step - ramp) / max(1, total - ramp)))
 
 
-def _default_cache_dir() -> Path:
+def default_cache_dir() -> Path:
+    """The project's local cache: $HICRA_CACHE, else ~/.cache/hicra."""
     return Path(os.environ.get("HICRA_CACHE") or Path.home() / ".cache" / "hicra")
 
 
@@ -308,7 +309,7 @@ def build_tiny_policy(
         "seed": seed,
     }
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    target = Path(out_dir) if out_dir is not None else Path(cache_dir or _default_cache_dir()) / f"tiny-{key}"
+    target = Path(out_dir) if out_dir is not None else Path(cache_dir or default_cache_dir()) / f"tiny-{key}"
     if target.exists():
         return _check_existing(target, key)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from rich.console import Console
 
 from hicra.data import DataError
+from hicra.tiny import default_cache_dir
 from schemas.config import ConfigError, RunConfig
 from warehouse.store import AlreadyCommitted, Warehouse
 
@@ -64,7 +64,7 @@ def stage_task(stage: str, retries: int = 2) -> Callable[[StageFn], Task]:
                 return
             store.discard_uncommitted(config.run.id, iteration, stage)
             if stage == "update":
-                shutil.rmtree(store.checkpoint_dir(config.run.id, iteration), ignore_errors=True)
+                store.remove(store.checkpoint_dir(config.run.id, iteration))
             attempt = store.start_attempt(config.run.id, iteration, stage)
             started = time.perf_counter()
             try:
@@ -89,13 +89,19 @@ def stage_task(stage: str, retries: int = 2) -> Callable[[StageFn], Task]:
     return wrap
 
 
+def local_checkpoint(store: Warehouse, run_id: str, iteration: int, part: str) -> Path:
+    """A local folder with part `hf` or `deepspeed` of a committed checkpoint: in place on a folder root, else
+    downloaded once into $HICRA_CACHE/checkpoints."""
+    return store.local_checkpoint(run_id, iteration, part, default_cache_dir() / "checkpoints")
+
+
 def policy_dir(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: str) -> Path:
     """The HF folder that generates iteration i: the base model for i = 0, else update i-1's export."""
     if iteration == 0:
         return Path(base_model_dir)
     if not store.is_committed(config.run.id, iteration - 1, "update"):
         raise RuntimeError(f"iteration {iteration} needs the committed update of iteration {iteration - 1}")
-    return store.checkpoint_dir(config.run.id, iteration - 1) / "hf"
+    return local_checkpoint(store, config.run.id, iteration - 1, "hf")
 
 
 def freeze_run_config(config: RunConfig, force: bool = False) -> None:

@@ -25,7 +25,7 @@ from hicra.evaluate import DEFAULT_MAX_NEW_TOKENS, EvalSample, Fields, Suite, ev
 from hicra.generate import HFGenerator
 from schemas.config import EvalProtocol, RunConfig
 from schemas.tables import EvalResultRow, to_table
-from tasks.common import console, open_warehouse
+from tasks.common import console, local_checkpoint, open_warehouse
 from tasks.stages import _verifier
 from warehouse.catalog import query
 from warehouse.store import Warehouse
@@ -53,16 +53,16 @@ def run_checkpoint(store: Warehouse, run_id: str, iteration: int | Literal["late
     if iteration == "latest":
         done = [c.iteration for c in store.commits(run_id) if c.stage == "update"]
         if not done:
-            raise FileNotFoundError(f"run {run_id!r} has no committed checkpoint in {store.root}")
+            raise FileNotFoundError(f"run {run_id!r} has no committed checkpoint in {store.url}")
         iteration = max(done)
     if not store.is_committed(run_id, iteration, "update"):
         raise FileNotFoundError(f"run {run_id!r} has no committed checkpoint at iteration {iteration}")
     frozen = store.frozen_config(run_id)
     if frozen is None:
-        raise FileNotFoundError(f"run {run_id!r} has no frozen config in {store.root}")
+        raise FileNotFoundError(f"run {run_id!r} has no frozen config in {store.url}")
     config = RunConfig.model_validate(yaml.safe_load(frozen[0]))
-    path = store.checkpoint_dir(run_id, iteration) / "hf"
-    return Checkpoint(run_id, iteration, str(path.relative_to(store.root)), config.rollout.max_new_tokens)
+    path = store.relative(f"{store.checkpoint_dir(run_id, iteration)}/hf")
+    return Checkpoint(run_id, iteration, path, config.rollout.max_new_tokens)
 
 
 def model_checkpoint(model_dir: str) -> Checkpoint:
@@ -73,6 +73,13 @@ def model_checkpoint(model_dir: str) -> Checkpoint:
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.name).strip("_") or "model"
     digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]
     return Checkpoint(f"model-{name}-{digest}", MODEL_ITERATION, str(path), DEFAULT_MAX_NEW_TOKENS)
+
+
+def _local_folder(store: Warehouse, checkpoint: Checkpoint) -> Path:
+    """The checkpoint's HF folder on this machine (a run's export from a remote root is downloaded once)."""
+    if checkpoint.iteration == MODEL_ITERATION:
+        return Path(checkpoint.path)
+    return local_checkpoint(store, checkpoint.run_id, checkpoint.iteration, "hf")
 
 
 @task(name="find-checkpoints", **EVAL_TASK)
@@ -155,7 +162,7 @@ def _evaluate(
             console.print(f"  [dim]{checkpoint.id} {suite.name}: evaluated before ({stage}), skipped[/dim]")
             continue
         store.discard_uncommitted(checkpoint.run_id, checkpoint.iteration, stage)
-        generator = generator or HFGenerator(store.root / checkpoint.path)
+        generator = generator or HFGenerator(_local_folder(store, checkpoint))
         verifier = _verifier(verifier_workers, verifier_timeout_s, settings.fallbacks)
         with Progress(*columns, console=console, transient=True) as bar:
             job = bar.add_task(f"{checkpoint.id} {suite.name}", total=len(suite.problems) * settings.samples)

@@ -105,7 +105,7 @@ def store_grams(warehouse: str, mined: MinedSet, corpus: str) -> bool:
     """Commit the set to the `strategic_grams` table; False when a set with its version is already stored."""
     store = Warehouse(warehouse)
     if store.is_committed(SGS_RUN_ID, SGS_ITERATION, mined.version):
-        console.print(f"{mined.version} is already in {store.root}: not stored again")
+        console.print(f"{mined.version} is already in {store.url}: not stored again")
         return False
     store.discard_uncommitted(SGS_RUN_ID, SGS_ITERATION, mined.version)
     created = dt.datetime.now(dt.UTC)
@@ -129,7 +129,7 @@ def store_grams(warehouse: str, mined: MinedSet, corpus: str) -> bool:
     ]
     info = {"version": mined.version, "grams": len(rows)}
     store.commit_stage(SGS_RUN_ID, SGS_ITERATION, mined.version, {TABLE: to_table(StrategicGramRow, rows)}, info)
-    console.print(f"stored {mined.version} ({len(rows)} grams) in {store.root}")
+    console.print(f"stored {mined.version} ({len(rows)} grams) in {store.url}")
     return True
 
 
@@ -138,11 +138,15 @@ def stored_grams(store: Warehouse, version: str) -> list[str]:
     commit = store.read_commit(SGS_RUN_ID, SGS_ITERATION, version)
     if commit is None:
         raise FileNotFoundError(
-            f"no Strategic Gram set {version} in the warehouse {store.root} "
+            f"no Strategic Gram set {version} in the warehouse {store.url} "
             f'(list them: hicra sql "select distinct version from strategic_grams")'
         )
-    files = [store.root / f["path"] for f in commit.files if f["table"] == TABLE]
-    return [gram for path in files for gram in pq.read_table(path, columns=["gram"]).column("gram").to_pylist()]
+    files = [store.path(f["path"]) for f in commit.files if f["table"] == TABLE]
+    return [
+        gram
+        for path in files
+        for gram in pq.read_table(path, columns=["gram"], filesystem=store.fs).column("gram").to_pylist()
+    ]
 
 
 def planning_grams(planning: PlanningSection, store: Warehouse) -> list[str]:

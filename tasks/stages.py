@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from schemas.tables import (
     TrainStepRow,
     to_table,
 )
-from tasks.common import console, policy_dir, stage_task
+from tasks.common import console, local_checkpoint, policy_dir, stage_task
 from tasks.mining import planning_grams
 from warehouse.store import Warehouse
 
@@ -197,34 +196,33 @@ def update(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: 
     ids = rollouts["rollout_id"]
     reward = _by_rollout(store.read_table("scores", run.id, iteration), "reward")
     planning = _by_rollout(store.read_table("planning", run.id, iteration), "planning_mask")
-    staging = store.staging_dir(run.id, iteration, "update")
-    request = UpdateRequest(
-        base_model_dir=base_model_dir,
-        resume_from=str(store.checkpoint_dir(run.id, iteration - 1) / "deepspeed") if iteration > 0 else None,
-        save_to=str(staging / "checkpoint"),
-        prompt_ids=rollouts["prompt_token_ids"],
-        response_ids=rollouts["response_token_ids"],
-        planning=[planning[r] for r in ids],
-        rewards=[reward[r] for r in ids],
-        group_index=rollouts["group_index"],
-        pad_id=AutoTokenizer.from_pretrained(base_model_dir).pad_token_id or 0,
-        advantage=algo.advantage,
-        advantage_config=AdvantageConfig(
-            adv_norm=algo.adv_norm,
-            alpha=algo.alpha,
-            entropy_fraction=algo.entropy_fraction,
-            placebo_ngram=algo.placebo_ngram,
-            seed=derive_seed("placebo", run.id, run.seed, iteration),
-        ),
-        trainer=_update_config(config, iteration),
-        dynamic_sampling=algo.dynamic_sampling,
-        client_state={"run_id": run.id, "iteration": iteration},
-    )
-    processes = config.trainer.num_processes
-    result = run_update(request) if processes == 1 else run_update_distributed(request, processes, staging)
     final = store.checkpoint_dir(run.id, iteration)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging / "checkpoint", final)
+    with store.local_staging(run.id, iteration, "update") as staging:
+        request = UpdateRequest(
+            base_model_dir=base_model_dir,
+            resume_from=str(local_checkpoint(store, run.id, iteration - 1, "deepspeed")) if iteration > 0 else None,
+            save_to=str(staging / "checkpoint"),
+            prompt_ids=rollouts["prompt_token_ids"],
+            response_ids=rollouts["response_token_ids"],
+            planning=[planning[r] for r in ids],
+            rewards=[reward[r] for r in ids],
+            group_index=rollouts["group_index"],
+            pad_id=AutoTokenizer.from_pretrained(base_model_dir).pad_token_id or 0,
+            advantage=algo.advantage,
+            advantage_config=AdvantageConfig(
+                adv_norm=algo.adv_norm,
+                alpha=algo.alpha,
+                entropy_fraction=algo.entropy_fraction,
+                placebo_ngram=algo.placebo_ngram,
+                seed=derive_seed("placebo", run.id, run.seed, iteration),
+            ),
+            trainer=_update_config(config, iteration),
+            dynamic_sampling=algo.dynamic_sampling,
+            client_state={"run_id": run.id, "iteration": iteration},
+        )
+        processes = config.trainer.num_processes
+        result = run_update(request) if processes == 1 else run_update_distributed(request, processes, staging)
+        store.put_dir(staging / "checkpoint", final)  # renamed into place, or uploaded before the commit
 
     lengths = result.response_mask.sum(-1).long().tolist()
     rewards, group_index = torch.tensor(request.rewards), torch.tensor(request.group_index)
@@ -251,8 +249,8 @@ def update(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: 
     checkpoint = CheckpointRow(
         run_id=run.id,
         iteration=iteration,
-        hf_path=str((final / "hf").relative_to(store.root)),
-        deepspeed_path=str((final / "deepspeed").relative_to(store.root)),
+        hf_path=store.relative(f"{final}/hf"),
+        deepspeed_path=store.relative(f"{final}/deepspeed"),
         global_step=result.global_step,
         created_at=dt.datetime.now(dt.UTC),
     )

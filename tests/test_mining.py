@@ -170,7 +170,7 @@ def test_config_selects_the_set_by_version_for_annotate(mined_warehouse):
     version = result["version"]
     config = load_config(config_path, **{"run.warehouse": str(root), "planning.grams_version": version})
     store = Warehouse(root)
-    store.commit_path(config.run.id, 0, "annotate").unlink()
+    store.remove(store.commit_path(config.run.id, 0, "annotate"))
     annotate_planning.fn(config, 0, str(build_tiny_policy(**TEST_MODEL)))
     planning = store.read_table("planning", config.run.id, 0).to_pydict()
     assert set(planning["grams_version"]) == {version}

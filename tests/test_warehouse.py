@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import duckdb
 import pytest
 
@@ -68,16 +70,16 @@ def test_uncommitted_files_are_invisible_and_discarded(tmp_path):
     store = Warehouse(tmp_path)
     store.commit_stage("r", 0, "rollout", {"rollouts": to_table(RolloutRow, [rollout("r", 0, 0, 0)])})
     # a killed verify attempt: a staged file and a file renamed into its partition, but no commit record
-    staging = store.staging_dir("r", 0, "verify")
+    staging = Path(store.staging_dir("r", 0, "verify"))
     (staging / "scores.parquet").write_bytes(b"partial")
-    leftover = store.partition("scores", "r", 0) / "verify-deadbeef.parquet"
+    leftover = Path(store.partition("scores", "r", 0), "verify-deadbeef.parquet")
     leftover.parent.mkdir(parents=True)
     import pyarrow.parquet as pq
 
     pq.write_table(to_table(ScoreRow, [score("r", 0, 0, 0, 1.0)]), leftover)
     assert connect(tmp_path).execute("select count(*) from scores").fetchone() == (0,)
     removed = store.discard_uncommitted("r", 0, "verify")
-    assert sorted(p.name for p in removed) == sorted([staging.name, leftover.name])
+    assert sorted(Path(p).name for p in removed) == sorted([staging.name, leftover.name])
     assert not leftover.exists() and not staging.exists()
     assert store.read_table("rollouts", "r", 0).num_rows == 1
     with pytest.raises(AlreadyCommitted):

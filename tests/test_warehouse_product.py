@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
@@ -108,13 +109,13 @@ def test_read_only_connection_reads_committed_files_only(store, tmp_path):
         assert con.execute("SELECT count(*) FROM rollouts").fetchone() == (4,)
         for statement in (
             f"SELECT * FROM read_csv('{outside}')",
-            f"COPY (SELECT 1) TO '{store.root / 'x.csv'}'",
+            f"COPY (SELECT 1) TO '{store.path('x.csv')}'",
             f"SELECT * FROM read_parquet('{store.root}/*/*/*/*.parquet')",
             "SET enable_external_access = true",
         ):
             with pytest.raises(duckdb.Error):
                 con.execute(statement)
-    assert not (store.root / "x.csv").exists()
+    assert not Path(store.path("x.csv")).exists()
 
 
 def test_init_file_runs_in_a_plain_duckdb(store, capsys):
@@ -140,18 +141,18 @@ def test_check_reports_missing_altered_truncated_and_extra_files(store, capsys):
     assert check(store, capsys) == (0, "2 committed files checked, 0 problems\n")
     store.commit_stage("r", 1, "rollout", {"rollouts": to_table(RolloutRow, [rollout("r", 1, 0, 0)])})
     store.commit_stage("r", 1, "verify", {"scores": to_table(ScoreRow, [score("r", 1, 0, 0, 1.0)])})
-    rollouts0, scores0, rollouts1, scores1 = [store.root / f["path"] for c in store.commits() for f in c.files]
+    rollouts0, scores0, rollouts1, scores1 = [Path(store.path(f["path"])) for c in store.commits() for f in c.files]
     data = bytearray(rollouts0.read_bytes())
     data[10] ^= 0xFF  # one flipped byte in the first column chunk: the footer still reads
     rollouts0.write_bytes(bytes(data))
     scores0.write_bytes(scores0.read_bytes()[:-100])
     rollouts1.unlink()
-    stray = store.partition("scores", "r", 1) / "verify-0badc0ffee00.parquet"
+    stray = Path(store.partition("scores", "r", 1), "verify-0badc0ffee00.parquet")
     stray.write_bytes(scores1.read_bytes())
     code, out = check(store, capsys)
     assert code == 1
     found = {line.split()[0]: line.split()[1].rstrip(":") for line in out.splitlines()[:-1]}
-    root = store.root
+    root = Path(store.root)
     assert found == {
         "altered": str(rollouts0.relative_to(root)),
         "truncated": str(scores0.relative_to(root)),
@@ -163,11 +164,12 @@ def test_check_reports_missing_altered_truncated_and_extra_files(store, capsys):
 
 
 def test_gc_removes_old_uncommitted_files_only(store, capsys):
-    committed = sorted(p for p in store.root.rglob("*.parquet"))
-    old_stray = store.partition("scores", "r", 0) / "verify-0ld0ld0ld0ld.parquet"
-    young_stray = store.partition("scores", "r", 0) / "verify-y0ungy0ungy0.parquet"
-    old_staging = store.staging_dir("r", 1, "rollout")
-    export = store.root / "export.parquet"  # someone's file outside the partition layout: reported, never removed
+    root = Path(store.root)
+    committed = sorted(p for p in root.rglob("*.parquet"))
+    old_stray = Path(store.partition("scores", "r", 0), "verify-0ld0ld0ld0ld.parquet")
+    young_stray = Path(store.partition("scores", "r", 0), "verify-y0ungy0ungy0.parquet")
+    old_staging = Path(store.staging_dir("r", 1, "rollout"))
+    export = root / "export.parquet"  # someone's file outside the partition layout: reported, never removed
     for path in (old_stray, young_stray, old_staging / "rollouts.parquet", export):
         path.write_bytes(committed[0].read_bytes())
     for path in (old_stray, old_staging / "rollouts.parquet", old_staging, export):
@@ -178,7 +180,7 @@ def test_gc_removes_old_uncommitted_files_only(store, capsys):
     assert old_stray.exists() and old_staging.exists()
     assert hicra(["warehouse", "gc", "--warehouse", str(store.root)]) == 0
     assert not old_stray.exists() and not old_staging.exists() and young_stray.exists()
-    assert sorted(p for p in store.root.rglob("*.parquet")) == sorted([*committed, young_stray, export])
+    assert sorted(p for p in root.rglob("*.parquet")) == sorted([*committed, young_stray, export])
     assert check(store, capsys)[1].count("extra") == 2
     young_stray.unlink()
     export.unlink()

@@ -1,7 +1,9 @@
 """DuckDB over the warehouse: in-memory views, rebuilt on every connect from `views.sql`, so nothing locks.
 
 Each table's base relation reads only the Parquet files named in commit records at connect time: a connection is
-a consistent snapshot of committed data, and any number of readers can query while a run writes.
+a consistent snapshot of committed data, and any number of readers can query while a run writes. A remote root
+(`s3://...`) is read through the warehouse's own fsspec filesystem, registered with the connection; DuckDB never
+installs or loads an extension by itself (httpfs would be a download at run time).
 """
 
 from __future__ import annotations
@@ -82,14 +84,14 @@ def _values_relation(rows: list[dict], columns: dict[str, str]) -> str:
     return f"SELECT * FROM (VALUES {values}) AS t({', '.join(columns)})"
 
 
-def _tokenizer_files(store: Warehouse, commits: list[StageCommit]) -> dict[str, Path]:
-    """Each run's tokenizer.json, from its latest committed checkpoint on disk (all of a run's checkpoints share one
-    tokenizer, and retention removes the oldest first)."""
-    found: dict[str, Path] = {}
+def _tokenizer_files(store: Warehouse, commits: list[StageCommit]) -> dict[str, str]:
+    """Each run's tokenizer.json (as DuckDB names it), from its latest committed checkpoint still stored (all of a
+    run's checkpoints share one tokenizer, and retention removes the oldest first)."""
+    found: dict[str, str] = {}
     for c in commits:
-        path = store.checkpoint_dir(c.run_id, c.iteration) / "hf" / "tokenizer.json"
-        if any(f["table"] == "checkpoints" for f in c.files) and path.is_file():
-            found[c.run_id] = path
+        path = f"{store.checkpoint_dir(c.run_id, c.iteration)}/hf/tokenizer.json"
+        if any(f["table"] == "checkpoints" for f in c.files) and store.fs.isfile(path):
+            found[c.run_id] = store.location(path)
     return found
 
 
@@ -98,13 +100,13 @@ def _init_sql(store: Warehouse, commits: list[StageCommit]) -> str:
     for table, model in TABLES.items():
         # The typed empty relation first: every column of the row model, NULL in files written before it existed.
         relation = _empty_relation({f.name: _duckdb_type(f.type) for f in arrow_schema(model)})
-        files = [str(store.root / f["path"]) for c in commits for f in c.files if f["table"] == table]
+        files = [store.location(store.path(f["path"])) for c in commits for f in c.files if f["table"] == table]
         if files:
             listing = "[" + ", ".join(_quote(f) for f in files) + "]"
             relation += f" UNION ALL BY NAME SELECT * FROM read_parquet({listing}, union_by_name = true)"
         statements.append(f"CREATE OR REPLACE VIEW _{table} AS {relation};")
     tokenizers = [
-        f"SELECT {_quote(run)} AS run_id, content AS tokenizer FROM read_text({_quote(str(path))})"
+        f"SELECT {_quote(run)} AS run_id, content AS tokenizer FROM read_text({_quote(path)})"
         for run, path in _tokenizer_files(store, commits).items()
     ]
     relation = " UNION ALL ".join(tokenizers) or _empty_relation({"run_id": "VARCHAR", "tokenizer": "VARCHAR"})
@@ -150,13 +152,15 @@ def connect(root: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnect
     store = Warehouse(root)
     commits = store.commits()
     con = duckdb.connect(":memory:")
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    if not store.local:
+        con.register_filesystem(store.fs)
     con.execute(_init_sql(store, commits))
     if read_only:
-        readable = [str(store.root / f["path"]) for c in commits for f in c.files]
-        readable += [str(p) for p in _tokenizer_files(store, commits).values()]
+        readable = [store.location(store.path(f["path"])) for c in commits for f in c.files]
+        readable += list(_tokenizer_files(store, commits).values())
         con.execute("SET allowed_paths = " + "[" + ", ".join(_quote(p) for p in readable) + "]")
-        con.execute("SET autoinstall_known_extensions = false")
-        con.execute("SET autoload_known_extensions = false")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
     return con

@@ -6,7 +6,6 @@ import argparse
 import csv
 import json
 import sys
-from pathlib import Path
 from typing import TextIO
 
 import duckdb
@@ -22,9 +21,9 @@ FORMATS = ("table", "csv", "json", "parquet")
 
 
 def _existing_root(args: argparse.Namespace) -> str:
-    """The warehouse root the arguments name; an error if it is not a folder (rather than empty views)."""
+    """The warehouse root the arguments name; an error if nothing is there (rather than empty views)."""
     root = default_root(args.warehouse)
-    if not Path(root).is_dir():
+    if not Warehouse(root).exists():
         raise FileNotFoundError(f"no warehouse at {root!r} (use --warehouse or $HICRA_WAREHOUSE)")
     return root
 
@@ -91,9 +90,9 @@ def cmd_gc(args: argparse.Namespace) -> int:
     sweep = store.gc(min_age=args.min_age, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for path in sweep.removed:
-        print(f"{verb} {path.relative_to(store.root)}")
+        print(f"{verb} {store.relative(path)}")
     for path in sweep.kept_recent:
-        print(f"kept {path.relative_to(store.root)}: younger than {args.min_age:g}s, a stage may be writing it")
+        print(f"kept {store.relative(path)}: younger than {args.min_age:g}s, a stage may be writing it")
     print(f"{verb} {len(sweep.removed)} uncommitted paths older than {args.min_age:g}s (never a committed file)")
     return 0
 
