@@ -101,7 +101,7 @@ def read_rows(spec: str | Path, kind: Literal["auto", "jsonl", "parquet"] = "aut
         except Exception as err:  # offline, unknown name or split: the hub's own message says which
             raise DataError(f"could not load Hugging Face dataset {name!r} (offline?): {err}") from err
         return list(enumerate(dataset.to_list(), start=1))
-    path = Path(spec)
+    path = Path(spec).expanduser()
     if kind == "auto" and path.is_dir():
         return list(enumerate(_load_from_disk(path).to_list(), start=1))
     if not path.is_file():

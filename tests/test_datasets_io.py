@@ -4,6 +4,8 @@ iteration trained from each), and a run's scored rollouts exported to JSONL and 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -13,12 +15,14 @@ import pytest
 import yaml
 from transformers import AutoTokenizer
 
+from flows.cli import main as hicra_main
 from flows.train import train
 from hicra.data import DataError, load_training_problems
 from hicra.prompts import render_prompt
 from schemas.config import ConfigError, DataSection, load_config
-from tests.conftest import ROOT, small_config
+from tests.conftest import ROOT, child_env, small_config
 from warehouse.catalog import query
+from warehouse.export import ExportError, export_rollouts
 
 SYSTEM = "Reason step by step, then put the final answer in \\boxed{}."
 
@@ -204,3 +208,68 @@ def test_trains_one_iteration_from_a_trl_datasets_folder(tmp_path, prefect_serve
     for rollout in rollouts:
         row = rows[int(rollout["prompt_id"])]  # no id column: the row's position
         assert (rollout["prompt"], rollout["reference"]) == (f"Question: {row['problem']}\nSolution:", row["answer"])
+
+
+def expected_rows(root: Path, iteration: int | None = None) -> list[dict]:
+    """The scored rollouts as the base views hold them, joined here (not through `scored_rollouts`)."""
+    where = "" if iteration is None else f"where r.iteration = {iteration}"
+    return query(
+        root,
+        "select r.rollout_id, r.iteration, r.group_index, r.prompt, r.response, r.response_token_ids, "
+        "r.sampler_logprobs, s.reward, s.correct, s.status, p.planning_mask, p.num_planning_tokens "
+        f"from rollouts r join scores s using (rollout_id) join planning p using (rollout_id) {where} "
+        "order by r.iteration, r.group_index, r.sample_index",
+    ).to_pylist()
+
+
+def test_export_jsonl(small_run, tmp_path, capsys):
+    root, _, _ = small_run
+    out = tmp_path / "rollouts.jsonl"
+    assert hicra_main(["export", "t", "--format", "jsonl", "--out", str(out), "--warehouse", str(root)]) == 0
+    assert "exported 64 scored rollouts of run 't' (all iterations)" in capsys.readouterr().out
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    expected = expected_rows(root)
+    assert len(lines) == len(expected) == query(root, "select count(*) n from scores").to_pylist()[0]["n"] == 64
+    for line, row in zip(lines, expected, strict=True):
+        assert {k: line[k] for k in row} == row
+        assert line["planning_share"] == pytest.approx(row["num_planning_tokens"] / len(row["planning_mask"]))
+        assert line["run_id"] == "t" and line["response_length"] == len(line["response_token_ids"])
+
+    out.write_text("old")  # a JSONL target is replaced; an unknown run or iteration says what exists
+    assert hicra_main(["export", "t", "--iteration", "1", "--out", str(out), "--warehouse", str(root)]) == 0
+    assert [json.loads(line)["rollout_id"] for line in out.read_text().splitlines()] == [
+        row["rollout_id"] for row in expected_rows(root, 1)
+    ]
+    assert hicra_main(["export", "nope", "--out", str(tmp_path / "x.jsonl"), "--warehouse", str(root)]) == 2
+    assert (
+        hicra_main(["export", "t", "--iteration", "5", "--out", str(tmp_path / "x.jsonl"), "--warehouse", str(root)])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "run 'nope' has no scored rollouts" in err and "(runs with some: ['t'])" in err
+    assert "no scored rollouts in iteration 5 (it has [0, 1])" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rollouts.jsonl"]  # no temporary files left
+
+
+def test_export_hf_folder_reads_back_without_torch(small_run, tmp_path):
+    root, _, _ = small_run
+    out = tmp_path / "rollouts-hf"
+    script = (
+        "import sys; from warehouse.export import export_rollouts; "
+        f"print(export_rollouts({str(root)!r}, 't', 'hf', {str(out)!r})); assert 'torch' not in sys.modules"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=child_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["64"]
+    dataset = datasets.load_from_disk(str(out))
+    assert dataset.num_rows == 64
+    assert dataset.features["response_token_ids"] == datasets.List(datasets.Value("int32"))
+    assert (
+        dataset.to_list()
+        == query(root, "select * from scored_rollouts order by iteration, group_index, sample_index").to_pylist()
+    )
+    assert [{k: row[k] for k in expected} for row, expected in zip(dataset, expected_rows(root), strict=True)] == (
+        expected_rows(root)
+    )
+    with pytest.raises(ExportError, match="exists and is not an empty folder"):
+        export_rollouts(root, "t", "hf", out)
