@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 PLAIN_TEMPLATE = "Question: {problem}\nSolution:"
 """The tiny policy's prompt format; the solution text follows after a single space."""
 
 
-def render_prompt(problem: str, tokenizer: Any, template: str | None = None, use_chat_template: bool = False) -> str:
-    """Return the prompt text for `problem`: the tokenizer's chat template, or a plain `{problem}` template."""
+def render_prompt(
+    problem: str,
+    tokenizer: Any,
+    template: str | None = None,
+    use_chat_template: bool = False,
+    messages: Sequence[dict[str, str]] | None = None,
+) -> str:
+    """Return the prompt text for `problem`: the tokenizer's chat template (over the dataset's own chat `messages`
+    when it has them, else `problem` as one user message), or a plain `{problem}` template."""
     if use_chat_template:
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": problem}], tokenize=False, add_generation_prompt=True
-        )
+        chat = list(messages) if messages else [{"role": "user", "content": problem}]
+        return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     return (template or PLAIN_TEMPLATE).format(problem=problem)
