@@ -188,6 +188,7 @@ class VLLMGenerator(Generator):
         tensor_parallel_size: int = 1,
         gpu_memory_utilization: float = 0.5,
         dtype: str = "float32",
+        enforce_eager: bool = False,
         env: Mapping[str, str] | None = None,
         timeout_s: float = 3600.0,
     ):
@@ -198,9 +199,11 @@ class VLLMGenerator(Generator):
             "tensor_parallel_size": tensor_parallel_size,
             "gpu_memory_utilization": gpu_memory_utilization,
             "dtype": dtype,
+            "enforce_eager": enforce_eager,
         }
         self.env = dict(env or {})
         self.timeout_s = timeout_s
+        self.worker_seconds: dict[str, float] = {}  # the last worker's engine start ("load") and "generate" times
 
     def generate(
         self,
@@ -222,7 +225,8 @@ class VLLMGenerator(Generator):
             "engine": {**self.engine, "max_num_seqs": batch_size},
         }
         with tempfile.TemporaryDirectory(prefix="hicra-vllm-") as tmp:
-            results = self._run_worker(request, Path(tmp))
+            result = self._run_worker(request, Path(tmp))
+        results, self.worker_seconds = result["generations"], result["seconds"]
         if len(results) != len(request["seeds"]):
             raise VLLMWorkerError(f"the vLLM worker returned {len(results)} responses for {len(seeds)} requests")
         out = [self._generation(r["token_ids"], r["logprobs"], r["finish_reason"]) for r in results]
@@ -230,8 +234,8 @@ class VLLMGenerator(Generator):
             progress(len(out))
         return out
 
-    def _run_worker(self, request: dict, folder: Path) -> list[dict]:
-        """Run the worker on `request`; its result's generations, or an error with the end of its log."""
+    def _run_worker(self, request: dict, folder: Path) -> dict:
+        """Run the worker on `request`: its result, or an error with the end of its log."""
         request_path, result_path, log_path = folder / "request.json", folder / "result.json", folder / "worker.log"
         request_path.write_text(json.dumps(request))
         command = [self.python, vllm_worker.__file__, str(request_path), str(result_path)]
@@ -244,7 +248,7 @@ class VLLMGenerator(Generator):
             except subprocess.TimeoutExpired as err:
                 raise TimeoutError(f"the vLLM worker ran past {self.timeout_s:.0f} s and was killed") from err
         if code == 0 and result_path.is_file():
-            return json.loads(result_path.read_text())["generations"]
+            return json.loads(result_path.read_text())
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
         if code == vllm_worker.REJECTED:
             raise ValueError(f"vLLM rejected the rollout request ({self.python}):\n{tail}")

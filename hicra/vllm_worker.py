@@ -7,11 +7,12 @@ the update. `VLLMGenerator` (hicra/generate.py) writes the request and reads the
 
 Request (JSON): model (folder), prompt_token_ids (one list per sample), seeds (one per sample), max_new_tokens,
 temperature, top_p, engine (keyword arguments of `vllm.LLM`: tensor_parallel_size, gpu_memory_utilization, dtype,
-max_num_seqs). Result (JSON): generations, one {token_ids, logprobs, finish_reason} per sample in request order,
-written atomically (a crashed worker leaves none).
+max_num_seqs). Result (JSON): generations, one {token_ids, logprobs, finish_reason} per sample in request order, and
+seconds {load, generate}; written atomically (a crashed worker leaves none).
 
 Seeds: one request per sample with `SamplingParams(n=1, seed=...)`, so each sample draws from its own generator
-seeded from (run, iteration, prompt, sample) and its tokens do not depend on which other samples are in the batch.
+seeded from (run, iteration, prompt, sample): its random draws do not depend on which other samples share the
+batch (its logits may, by float rounding).
 Log-probs: `logprobs=0` returns the sampled token's log-prob only; `logprobs_mode="processed_logprobs"` takes it
 after temperature and top-p, the distribution that was sampled from (the default, raw log-probs, ignores both).
 
@@ -43,11 +44,13 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def generate(request: dict) -> list[dict]:
-    """Sample one response per (prompt, seed) pair of the request with a fresh `vllm.LLM`."""
+def generate(request: dict) -> dict:
+    """Sample one response per (prompt, seed) pair of the request with a fresh `vllm.LLM`; the result's content."""
+    started = time.perf_counter()
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=request["model"], logprobs_mode="processed_logprobs", **request["engine"])
+    loaded = time.perf_counter()
     params = [
         SamplingParams(
             n=1,
@@ -68,7 +71,8 @@ def generate(request: dict) -> list[dict]:
         token_ids = list(sample.token_ids)
         logprobs = [float(step[token].logprob) for step, token in zip(sample.logprobs, token_ids, strict=True)]
         generations.append({"token_ids": token_ids, "logprobs": logprobs, "finish_reason": sample.finish_reason})
-    return generations
+    seconds = {"load": loaded - started, "generate": time.perf_counter() - loaded}
+    return {"generations": generations, "seconds": seconds}
 
 
 def main(argv: list[str]) -> int:
@@ -79,12 +83,12 @@ def main(argv: list[str]) -> int:
     request_path, result_path = map(Path, argv)
     request = json.loads(request_path.read_text())
     try:
-        generations = generate(request)
+        result = generate(request)
     except ValueError as err:
         print(f"vLLM rejected the request: {err}", file=sys.stderr)
         return REJECTED
     partial = result_path.with_suffix(".partial")
-    partial.write_text(json.dumps({"generations": generations}))
+    partial.write_text(json.dumps(result))
     os.replace(partial, result_path)
     return 0
 

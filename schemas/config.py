@@ -104,6 +104,11 @@ class RolloutSection(Section):
         description="vLLM: the engine's dtype. float32 matches the transformers backend and the update's log-probs "
         "(vLLM's `auto` runs a float32 checkpoint in half precision).",
     )
+    enforce_eager: bool = Field(
+        False,
+        description="vLLM: run the model eagerly, without torch.compile and CUDA graphs. The engine then starts in "
+        "seconds instead of about half a minute (every iteration starts one), at some decoding speed on a GPU.",
+    )
     worker_env: dict[str, str] = Field(
         default_factory=lambda: {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"},
         description="vLLM: environment variables of the worker. The default runs the engine core in the worker's "

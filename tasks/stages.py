@@ -117,6 +117,7 @@ def _generator(ro: RolloutSection, model_dir: Path) -> Generator:
             tensor_parallel_size=ro.tensor_parallel_size,
             gpu_memory_utilization=ro.gpu_memory_utilization,
             dtype=ro.dtype,
+            enforce_eager=ro.enforce_eager,
             env=ro.worker_env,
             timeout_s=ro.worker_timeout_s,
         )

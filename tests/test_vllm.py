@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hicra.generate import VLLMGenerator, VLLMWorkerError, derive_seed
-from hicra.prompts import render_prompt
-from hicra.tiny import build_tiny_policy, synthetic_problems
+from hicra.generate import VLLMWorkerError, derive_seed
+from hicra.tiny import build_tiny_policy
 from hicra.trainer import token_logprobs
-from schemas.config import RolloutSection, RunConfig
+from schemas.config import RunConfig
 from tests.conftest import ROOT, TEST_MODEL, small_config
 from warehouse.catalog import query
 from warehouse.store import Warehouse
@@ -40,70 +39,63 @@ def policy() -> Path:
 
 
 def vllm_config(warehouse: Path, python: str, **rollout) -> RunConfig:
-    rollout = {"backend": "vllm", "python": python, "prompts_per_iteration": 4, "max_new_tokens": 48, **rollout}
+    """The small test run with vLLM rollouts: 2 prompts x 4 samples, eager engine (it starts in seconds)."""
+    rollout = {"backend": "vllm", "python": python, "enforce_eager": True, "prompts_per_iteration": 2, **rollout}
     return RunConfig.model_validate(small_config(warehouse, rollout=rollout))
 
 
-def test_vllm_logprobs_match_transformers(vllm_python, policy):
+@pytest.fixture(scope="module")
+def vllm_rollouts(vllm_python, policy, tmp_path_factory) -> tuple[RunConfig, list[dict]]:
+    """Iteration 0's rollout stage with `rollout.backend: vllm` at temperature 0.7: the config and committed rows."""
+    from tasks.stages import rollout
+
+    root = tmp_path_factory.mktemp("vllm") / "wh"
+    config = vllm_config(root, vllm_python, temperature=0.7, max_new_tokens=128)
+    rollout.fn(config, 0, str(policy))
+    store = Warehouse(root)
+    assert store.is_committed("t", 0, "rollout")
+    return config, store.read_table("rollouts", "t", 0).to_pylist()
+
+
+def test_rollout_stage_with_vllm_commits_rows(vllm_rollouts, policy):
+    config, rows = vllm_rollouts
+    assert len(rows) == 2 * config.rollout.group_size
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    for row in rows:
+        assert 0 < row["response_length"] == len(row["response_token_ids"]) == len(row["sampler_logprobs"])
+        assert row["response"] == tokenizer.decode(row["response_token_ids"], skip_special_tokens=True)
+        assert row["seed"] == derive_seed("sample", "t", 0, 0, row["prompt_id"], row["sample_index"])
+        if row["finish_reason"] == "stop":
+            assert row["response_token_ids"][-1] == tokenizer.eos_token_id
+        else:
+            assert row["finish_reason"] == "length" and row["response_length"] == 128
+    assert any(row["finish_reason"] == "stop" for row in rows)
+
+
+def test_vllm_logprobs_match_transformers(vllm_rollouts, policy):
     """vLLM's log-prob of each sampled token equals the transformers model's (the update's `token_logprobs`, same
-    temperature) within 1e-3, and a sample's tokens depend on its seed only, not on its place in the batch.
+    temperature 0.7) within 1e-4.
 
     Both run the float32 policy on the CPU, with different kernels (vLLM's CPU attention and fused linear layers,
-    other summation orders), so the logits differ by float32 rounding, which the temperature 0.7 scales by 1/0.7.
-    Measured on 17 responses, 600 tokens: max abs diff 1.9e-6, mean 1.6e-7. The tolerance is 500x the measured
-    maximum, far below what a wrong temperature (0.1-1 per token) or raw instead of processed log-probs would give.
+    other summation orders), so the logits differ by float32 rounding, which the temperature scales by 1/0.7.
+    Measured on 8 responses, 600 tokens: max abs diff 6.4e-6, mean 2.5e-7. The tolerance is 15x the measured
+    maximum and far below what a wrong temperature (0.1-1 per token) or raw instead of processed log-probs would give.
     """
-    generator = VLLMGenerator(policy, python=vllm_python, env=RolloutSection().worker_env)
-    problems = synthetic_problems(8, seed=3)
-    prompts = generator.encode_prompts([render_prompt(p["problem"], generator.tokenizer) for p in problems])
-    jobs = [(g, s) for g in range(len(prompts)) for s in range(2)] + [(0, 0)]  # the last repeats the first
-    seeds = [derive_seed("test", g, s) for g, s in jobs]
-    max_new_tokens, temperature = 48, 0.7
-    out = generator.generate([prompts[g] for g, _ in jobs], seeds, max_new_tokens, temperature, batch_size=8)
-
-    assert len(out) == len(jobs)
-    assert out[-1].token_ids == out[0].token_ids, "a seed and prompt give one response wherever it is in the batch"
-    assert out[-1].logprobs == pytest.approx(out[0].logprobs, abs=1e-6)
-    eos = generator.tokenizer.eos_token_id
-    for gen in out:
-        assert len(gen.logprobs) == len(gen.token_ids) > 0
-        assert gen.text == generator.tokenizer.decode(gen.token_ids, skip_special_tokens=True)
-        if gen.finish_reason == "stop":
-            assert gen.token_ids[-1] == eos
-        else:
-            assert gen.finish_reason == "length" and len(gen.token_ids) == max_new_tokens
-    assert any(gen.finish_reason == "stop" for gen in out)
-
+    config, rows = vllm_rollouts
     model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32).eval()
     diffs = []
     with torch.no_grad():
-        for (g, _), gen in zip(jobs, out, strict=True):
-            ids = torch.tensor([prompts[g] + gen.token_ids])
-            response_index = torch.arange(len(prompts[g]), ids.shape[1])[None]
+        for row in rows:
+            prompt, response = row["prompt_token_ids"], row["response_token_ids"]
+            ids = torch.tensor([prompt + response])
+            response_index = torch.arange(len(prompt), ids.shape[1])[None]
             expected, _ = token_logprobs(
-                model, ids, torch.ones_like(ids), response_index, torch.tensor([gen.token_ids]), temperature
+                model, ids, torch.ones_like(ids), response_index, torch.tensor([response]), config.rollout.temperature
             )
-            diffs.append((expected[0] - torch.tensor(gen.logprobs)).abs())
+            diffs.append((expected[0] - torch.tensor(row["sampler_logprobs"])).abs())
     diffs = torch.cat(diffs)
     print(f"vLLM vs transformers log-probs over {diffs.numel()} tokens: max {diffs.max():.2e}, mean {diffs.mean():.2e}")
-    assert diffs.max() < 1e-3
-
-
-def test_rollout_stage_with_vllm_commits_rows(vllm_python, policy, tmp_path):
-    from tasks.stages import rollout
-
-    config = vllm_config(tmp_path / "wh", vllm_python)
-    rollout.fn(config, 0, str(policy))
-
-    store = Warehouse(tmp_path / "wh")
-    assert store.is_committed("t", 0, "rollout")
-    rows = store.read_table("rollouts", "t", 0).to_pylist()
-    assert len(rows) == 4 * config.rollout.group_size
-    for row in rows:
-        assert 0 < row["response_length"] == len(row["response_token_ids"]) == len(row["sampler_logprobs"])
-        assert row["response_length"] <= 48 and row["finish_reason"] in ("stop", "length")
-        assert all(lp <= 0 for lp in row["sampler_logprobs"])
-        assert row["seed"] == derive_seed("sample", "t", 0, 0, row["prompt_id"], row["sample_index"])
+    assert diffs.max() < 1e-4
 
 
 def crashing_python(tmp_path: Path, exit_code: str) -> str:
