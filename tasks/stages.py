@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 
 from hicra.core_algos import AdvantageConfig, group_advantage
 from hicra.data import load_training_problems, prompts_for_iteration
-from hicra.generate import HFGenerator, derive_seed
+from hicra.generate import Generator, HFGenerator, VLLMGenerator, derive_seed
 from hicra.grams import GramMatcher, annotate, grams_version
 from hicra.metrics import conditional_entropy, fork_overlap, semantic_entropy, token_class_stats
 from hicra.prompts import render_prompt
@@ -24,7 +24,7 @@ from hicra.tiny import build_tiny_policy
 from hicra.trainer import UpdateConfig
 from hicra.update import UpdateRequest, run_update, run_update_distributed
 from hicra.verifier import Verifier
-from schemas.config import RunConfig
+from schemas.config import RolloutSection, RunConfig
 from schemas.tables import (
     AdvantageRow,
     CheckpointRow,
@@ -63,7 +63,7 @@ def rollout(store: Warehouse, config: RunConfig, iteration: int, base_model_dir:
     run, ro = config.run, config.rollout
     problems = load_training_problems(config.data, run.seed)
     prompts = prompts_for_iteration(problems, ro.prompts_per_iteration, run.id, run.seed, iteration)
-    generator = HFGenerator(policy_dir(store, config, iteration, base_model_dir))
+    generator = _generator(ro, policy_dir(store, config, iteration, base_model_dir))
     texts = [
         render_prompt(p.problem, generator.tokenizer, config.data.template, config.data.use_chat_template, p.messages)
         for p in prompts
@@ -97,6 +97,22 @@ def rollout(store: Warehouse, config: RunConfig, iteration: int, base_model_dir:
     ]
     store.commit_stage(run.id, iteration, "rollout", {"rollouts": to_table(RolloutRow, rows)})
     return f"{len(rows)} responses, {sum(r.response_length for r in rows)} tokens"
+
+
+def _generator(ro: RolloutSection, model_dir: Path) -> Generator:
+    """The configured rollout backend over the policy folder `model_dir`."""
+    if ro.backend == "vllm":
+        return VLLMGenerator(
+            model_dir,
+            python=ro.python,
+            tensor_parallel_size=ro.tensor_parallel_size,
+            gpu_memory_utilization=ro.gpu_memory_utilization,
+            dtype=ro.dtype,
+            enforce_eager=ro.enforce_eager,
+            env=ro.worker_env,
+            timeout_s=ro.worker_timeout_s,
+        )
+    return HFGenerator(model_dir)
 
 
 @lru_cache(maxsize=2)

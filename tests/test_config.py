@@ -42,6 +42,15 @@ def test_micro_batch_must_fit_the_mini_batch():
         load_config(None, **{"trainer.mini_batch_size": 8, "trainer.micro_batch_size": 16})
 
 
+def test_tensor_parallel_needs_the_vllm_backend():
+    with pytest.raises(ConfigError, match=r"tensor_parallel_size > 1 needs rollout\.backend 'vllm'"):
+        load_config(None, **{"rollout.tensor_parallel_size": 2})
+    config = load_config(None, **{"rollout.backend": "vllm", "rollout.tensor_parallel_size": 2})
+    assert config.rollout.worker_env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    with pytest.raises(ConfigError, match=r"rollout\.backend"):
+        load_config(None, **{"rollout.backend": "sglang"})
+
+
 def test_hash_ignores_length_and_location_but_not_algorithm():
     base = RunConfig()
     longer = load_config(None, **{"run.iterations": 50, "run.warehouse": "/elsewhere"})
