@@ -9,9 +9,11 @@ PLAIN_TEMPLATE = "Question: {problem}\nSolution:"
 
 
 def render_prompt(problem: str, tokenizer: Any, template: str | None = None, use_chat_template: bool = False) -> str:
-    """Return the prompt text for `problem`: the tokenizer's chat template, or a plain `{problem}` template."""
+    """Return the prompt text for `problem`: the tokenizer's chat template around the user message (`template` with
+    `{problem}`, default the bare problem), or the plain `{problem}` template."""
     if use_chat_template:
+        message = (template or "{problem}").format(problem=problem)
         return tokenizer.apply_chat_template(
-            [{"role": "user", "content": problem}], tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
         )
     return (template or PLAIN_TEMPLATE).format(problem=problem)
