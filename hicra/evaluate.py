@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hicra.data import DataError
+from hicra.data import Fields, Problem, problems_from_rows, read_rows
 from hicra.generate import Generation, HFGenerator, derive_seed
 from hicra.prompts import render_prompt
 from hicra.tiny import synthetic_problems
@@ -34,20 +34,6 @@ SYNTHETIC_SIZE = 200
 DEFAULT_MAX_NEW_TOKENS = 1024
 """Response limit for a model folder outside any run when the protocol sets none."""
 
-_CANDIDATES = {
-    "id": ("id", "extra_info.index"),
-    "problem": ("problem", "question", "prompt"),
-    "answer": ("answer", "reward_model.ground_truth"),
-}
-"""Row fields tried in order when a `Fields` entry is None: this project's layout, then verl's prompt Parquet."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    id: str
-    problem: str
-    references: tuple[str, ...]  # the answer first, then accepted alternatives (all go to the verifier)
-
 
 @dataclass(frozen=True)
 class Suite:
@@ -57,18 +43,9 @@ class Suite:
 
     def digest(self) -> str:
         """sha256 of the problems as evaluated, so a changed file or slice never reuses old results."""
-        text = json.dumps([asdict(p) for p in self.problems], sort_keys=True, ensure_ascii=False)
+        problems = [{"id": p.id, "problem": p.problem, "references": p.references} for p in self.problems]
+        text = json.dumps(problems, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(text.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class Fields:
-    """Row fields of a problem file (dotted paths reach into structs); None tries `_CANDIDATES` in order."""
-
-    id: str | None = None
-    problem: str | None = None
-    answer: str | None = None
-    alternatives: str = "answer_alternatives"
 
 
 def shared_root() -> Path:
@@ -81,118 +58,26 @@ def load_suite(spec: str, limit: int | None = None, fields: Fields | None = None
     """A suite's problems (the first `limit` when given); a missing file or a bad row is a `DataError`.
 
     `spec`: a name in BENCHMARKS (from the shared folder), `synthetic` or `synthetic:N` (the tiny task's eval split,
-    never trained on), a `.jsonl`/`.json`/`.parquet` file, or `hf:NAME[:SPLIT]` (a Hugging Face dataset, split
-    `test` by default; needs the `datasets` package and network).
+    never trained on), a `.jsonl`/`.json`/`.parquet` file or a `datasets` folder, or `hf:NAME[:SPLIT]` (a Hugging
+    Face dataset, split `test` by default; needs the `datasets` package and network). Rows are read by
+    `hicra.data`, the loader training prompts use too.
     """
-    fields = fields or Fields()
     if spec == SYNTHETIC or spec.startswith(SYNTHETIC + ":"):
         size = int(spec.partition(":")[2] or SYNTHETIC_SIZE)
-        rows = synthetic_problems(min(size, limit or size), seed=0, split="eval")
+        rows = list(enumerate(synthetic_problems(min(size, limit or size), seed=0, split="eval"), start=1))
         name, source = SYNTHETIC if size == SYNTHETIC_SIZE else spec, spec
     elif spec.startswith("hf:"):
-        name, source, rows = _name(spec[3:]), spec, _read_hf(spec[3:])
+        name, source, rows = _name(spec[3:]), spec, read_rows(spec, split="test")
     else:
         path = shared_root() / "data" / "benchmarks" / f"{spec}.jsonl" if spec in BENCHMARKS else Path(spec)
-        name, source, rows = (spec if spec in BENCHMARKS else _name(path.stem)), str(path), _read_file(path)
-    problems = _problems(rows[:limit] if limit else rows, source, fields)
+        name, source, rows = (spec if spec in BENCHMARKS else _name(path.stem)), str(path), read_rows(path)
+    problems = problems_from_rows(rows[:limit] if limit else rows, source, fields)
     return Suite(name, tuple(problems), limit)
 
 
 def _name(text: str) -> str:
     """A suite name fit for a stage name and a file name."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "suite"
-
-
-def _read_file(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise DataError(f"suite file not found: {path}")
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        rows = json.loads(text)
-        if not isinstance(rows, list):
-            raise DataError(f"{path}: expected a JSON list of rows")
-        return rows
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{number}: not valid JSON: {err.msg}") from err
-    return rows
-
-
-def _read_hf(spec: str) -> list[dict]:
-    """Rows of a Hugging Face dataset `NAME[:SPLIT]`."""
-    name, _, split = spec.partition(":")
-    try:
-        import datasets
-    except ImportError as err:
-        raise DataError(f"suite hf:{spec} needs the `datasets` package (pip install 'hicra[hub]')") from err
-    try:
-        return list(datasets.load_dataset(name, split=split or "test"))
-    except Exception as err:  # offline, unknown name or split: the hub's own message says which
-        raise DataError(f"could not load Hugging Face dataset {name!r} (offline?): {err}") from err
-
-
-def _lookup(row: dict, dotted: str) -> Any:
-    value: Any = row
-    for key in dotted.split("."):
-        if not isinstance(value, dict):
-            return None
-        value = value.get(key)
-    return value
-
-
-def _pick(rows: list[dict], kind: str, chosen: str | None) -> str | None:
-    """The field that holds `kind`: the configured one, else the first candidate present in the first row."""
-    if chosen is not None:
-        return chosen
-    return next((name for name in _CANDIDATES[kind] if _lookup(rows[0], name) is not None), None)
-
-
-def _text(value: Any) -> str | None:
-    """Problem text from a string or from a chat (verl's `prompt`: the last user message)."""
-    if isinstance(value, list):
-        users = [m.get("content") for m in value if isinstance(m, dict) and m.get("role") == "user"]
-        value = users[-1] if users else None
-    return value if isinstance(value, str) and value.strip() else None
-
-
-def _strings(value: Any) -> list[str]:
-    if value is None:
-        return []
-    items = value if isinstance(value, list | tuple) else [value]
-    return [str(item) for item in items if item is not None and str(item).strip()]
-
-
-def _problems(rows: list[dict], source: str, fields: Fields) -> list[Problem]:
-    if not rows:
-        raise DataError(f"{source}: no rows")
-    if not all(isinstance(row, dict) for row in rows):
-        raise DataError(f"{source}: every row must be an object")
-    id_field, problem_field = _pick(rows, "id", fields.id), _pick(rows, "problem", fields.problem)
-    answer_field = _pick(rows, "answer", fields.answer)
-    problems, seen = [], set()
-    for number, row in enumerate(rows, start=1):
-        text = _text(_lookup(row, problem_field)) if problem_field else None
-        references = list(dict.fromkeys(_strings(_lookup(row, answer_field) if answer_field else None)))
-        if text is None:
-            raise DataError(f"{source}: row {number} has no problem text in '{problem_field or 'problem'}'")
-        if not references:
-            raise DataError(f"{source}: row {number} has no '{answer_field or 'answer'}'")
-        references += [a for a in _strings(_lookup(row, fields.alternatives)) if a not in references]
-        raw_id = _lookup(row, id_field) if id_field else None
-        problem_id = str(raw_id) if raw_id is not None else str(number - 1)
-        if problem_id in seen:
-            raise DataError(f"{source}: row {number}: duplicate id {problem_id!r}")
-        seen.add(problem_id)
-        problems.append(Problem(problem_id, text, tuple(references)))
-    return problems
 
 
 @dataclass(frozen=True)

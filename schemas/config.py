@@ -62,25 +62,51 @@ class ModelSection(Section):
 
 
 class DataSection(Section):
-    source: Literal["synthetic", "jsonl"] = Field(
-        "synthetic", description="`synthetic`: the tiny task's word problems; `jsonl`: a file of problems."
+    source: Literal["synthetic", "jsonl", "verl", "hf"] = Field(
+        "synthetic",
+        description="`synthetic`: the tiny task's word problems; `jsonl`: a JSONL file of problems; `verl`: a Parquet "
+        "file in verl's RL layout (data_source, prompt, ability, reward_model, extra_info); `hf`: a Hugging Face / "
+        "TRL-style dataset (a `datasets` folder written by save_to_disk, a Parquet, JSON or JSONL file, or "
+        "`hf:NAME[:SPLIT]` from the hub, split `train` by default; folders and the hub need `hicra[hub]`).",
     )
-    path: str | None = Field(None, description="JSONL file of training prompts when source is jsonl.")
-    id_field: str = Field("id", description="Row field holding a unique prompt id.")
-    problem_field: str = Field("problem", description="Row field holding the problem text.")
-    answer_field: str = Field("answer", description="Row field holding the reference answer.")
+    path: str | None = Field(
+        None, description="The dataset (a file, a folder, or `hf:NAME[:SPLIT]`); required unless source is synthetic."
+    )
+    id_field: str | None = Field(
+        None,
+        description="Row field holding a unique prompt id (dotted paths reach into structs). Default: `id` "
+        "(verl: `extra_info.index`); a row without one gets its position from 0.",
+    )
+    problem_field: str | None = Field(
+        None,
+        description="Row field holding the problem: text or chat messages (their last user message is the problem). "
+        "Default: `problem`, `question`, `prompt`, the first the first row has (verl: `prompt`; hf: `prompt` first).",
+    )
+    answer_field: str | None = Field(
+        None,
+        description="Row field holding the reference answer. Default: `answer`, `reward_model.ground_truth`, "
+        "`solution`, the first the first row has (verl: `reward_model.ground_truth`).",
+    )
     synthetic_size: int = Field(5000, ge=1, description="Number of synthetic training problems to draw prompts from.")
     template: str | None = Field(
         None,
-        description="Template with `{problem}`: the user message (with use_chat_template) or the whole prompt; "
-        "default: the bare problem, or the plain template.",
+        description="Template with `{problem}`: the user message (with use_chat_template and a text prompt) or the "
+        "whole prompt; default: the bare problem, or the plain template.",
     )
-    use_chat_template: bool = Field(False, description="Render prompts with the tokenizer's chat template.")
+    use_chat_template: bool = Field(
+        False,
+        description="Render prompts with the tokenizer's chat template: a chat prompt (verl, TRL conversational) "
+        "with all its messages, system prompt included; a text prompt as one user message (`template` around it).",
+    )
 
     @model_validator(mode="after")
-    def _path_for_jsonl(self) -> DataSection:
-        if self.source == "jsonl" and not self.path:
-            raise ValueError("data.path is required when data.source is 'jsonl'")
+    def _path_for_files(self) -> DataSection:
+        if self.source != "synthetic" and not self.path:
+            raise ValueError(f"data.path is required when data.source is '{self.source}'")
+        if self.path and self.path.startswith("hf:") and self.source != "hf":
+            raise ValueError(f"data.path {self.path!r} names a hub dataset: set data.source to 'hf'")
+        if self.path and self.source == "hf" and self.path.startswith("hf:") and not self.path[3:].partition(":")[0]:
+            raise ValueError("data.path 'hf:NAME[:SPLIT]' needs a dataset NAME")
         return self
 
 

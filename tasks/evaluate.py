@@ -21,7 +21,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from hicra.evaluate import DEFAULT_MAX_NEW_TOKENS, EvalSample, Fields, Suite, evaluate_suite, load_suite, suite_settings
+from hicra.data import Fields
+from hicra.evaluate import DEFAULT_MAX_NEW_TOKENS, EvalSample, Suite, evaluate_suite, load_suite, suite_settings
 from hicra.generate import HFGenerator
 from schemas.config import EvalProtocol, RunConfig
 from schemas.tables import EvalResultRow, to_table

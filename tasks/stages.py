@@ -15,14 +15,14 @@ from transformers import AutoTokenizer
 
 from hicra.cache import resolve_model_path
 from hicra.core_algos import AdvantageConfig, group_advantage
-from hicra.data import Prompt, load_jsonl_prompts, prompts_for_iteration
+from hicra.data import load_training_problems, prompts_for_iteration
 from hicra.generate import HFGenerator, derive_seed
 from hicra.grams import GramMatcher, annotate, grams_version
 from hicra.metrics import conditional_entropy, fork_overlap, semantic_entropy, token_class_stats
 from hicra.prompts import render_prompt
 from hicra.rewards import RewardConfig, shaped_reward
 from hicra.smollm2 import smollm2_policy
-from hicra.tiny import build_tiny_policy, synthetic_problems
+from hicra.tiny import build_tiny_policy
 from hicra.trainer import UpdateConfig
 from hicra.update import UpdateRequest, run_update, run_update_distributed
 from hicra.verifier import Verifier
@@ -60,23 +60,15 @@ def prepare_policy(config: RunConfig) -> str:
     return str(path)
 
 
-def _load_prompts(config: RunConfig) -> list[Prompt]:
-    data = config.data
-    if data.source == "synthetic":
-        return [
-            Prompt(p["id"], p["problem"], p["answer"]) for p in synthetic_problems(data.synthetic_size, config.run.seed)
-        ]
-    return load_jsonl_prompts(data.path, data.id_field, data.problem_field, data.answer_field)
-
-
 @stage_task("rollout")
 def rollout(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: str) -> str:
     """Sample G responses for each of the iteration's prompts with the previous iteration's policy."""
     run, ro = config.run, config.rollout
-    prompts = prompts_for_iteration(_load_prompts(config), ro.prompts_per_iteration, run.id, run.seed, iteration)
+    problems = load_training_problems(config.data, run.seed)
+    prompts = prompts_for_iteration(problems, ro.prompts_per_iteration, run.id, run.seed, iteration)
     generator = HFGenerator(policy_dir(store, config, iteration, base_model_dir))
     texts = [
-        render_prompt(p.problem, generator.tokenizer, config.data.template, config.data.use_chat_template)
+        render_prompt(p.problem, generator.tokenizer, config.data.template, config.data.use_chat_template, p.messages)
         for p in prompts
     ]
     prompt_ids = generator.encode_prompts(texts)

@@ -6,20 +6,25 @@ import json
 
 import pytest
 
-from hicra.data import DataError, Prompt, load_jsonl_prompts, prompts_for_iteration
+from hicra.data import DataError, Problem, load_training_problems, prompts_for_iteration
+from schemas.config import DataSection
 from tests.conftest import ROOT
 
 SHARED = ROOT.parent / "shared" / "data"
 
 
+def jsonl(path, **fields) -> list[Problem]:
+    return load_training_problems(DataSection(source="jsonl", path=str(path), **fields), seed=0)
+
+
 def test_loads_a_shared_benchmark():
-    prompts = load_jsonl_prompts(SHARED / "benchmarks" / "aime24.jsonl")
+    prompts = jsonl(SHARED / "benchmarks" / "aime24.jsonl")
     assert len(prompts) == 30 and all(p.answer for p in prompts)
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match="not found"):
-        load_jsonl_prompts(tmp_path / "none.jsonl")
+        jsonl(tmp_path / "none.jsonl")
 
 
 def test_row_without_answer_is_named(tmp_path):
@@ -27,8 +32,8 @@ def test_row_without_answer_is_named(tmp_path):
     path.write_text(
         json.dumps({"id": "a", "problem": "1+1", "answer": "2"}) + "\n" + json.dumps({"id": "b", "problem": "x"})
     )
-    with pytest.raises(DataError, match=r"d\.jsonl:2: row has no 'answer'"):
-        load_jsonl_prompts(path)
+    with pytest.raises(DataError, match=r"d\.jsonl: row 2: no 'answer'"):
+        jsonl(path)
 
 
 def test_duplicate_id_and_bad_json(tmp_path):
@@ -36,14 +41,14 @@ def test_duplicate_id_and_bad_json(tmp_path):
     row = json.dumps({"id": "a", "problem": "1+1", "answer": "2"})
     path.write_text(row + "\n" + row + "\n")
     with pytest.raises(DataError, match="duplicate id 'a'"):
-        load_jsonl_prompts(path)
+        jsonl(path)
     path.write_text(row + "\n{oops\n")
     with pytest.raises(DataError, match=r":2: not valid JSON"):
-        load_jsonl_prompts(path)
+        jsonl(path)
 
 
 def test_iteration_prompts_are_deterministic_and_walk_epochs():
-    prompts = [Prompt(str(i), f"q{i}", str(i)) for i in range(10)]
+    prompts = [Problem(str(i), f"q{i}", (str(i),)) for i in range(10)]
     first = prompts_for_iteration(prompts, 4, "run", 0, 0)
     assert first == prompts_for_iteration(prompts, 4, "run", 0, 0)
     assert first != prompts_for_iteration(prompts, 4, "other-run", 0, 0)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from flows.cli import main as hicra_main
-from hicra.data import DataError
-from hicra.evaluate import Fields, load_suite, suite_settings
+from hicra.data import DataError, Fields
+from hicra.evaluate import load_suite, suite_settings
 from hicra.metrics import pass_at_k
 from schemas.config import EvalProtocol
 from schemas.tables import EvalResultRow, to_table
@@ -112,7 +112,7 @@ def test_verl_parquet_layout_and_custom_fields(tmp_path):
     mine = load_suite(str(tmp_path / "mine.jsonl"), fields=Fields(problem="question", answer="final"))
     expected = [("0", "2 * 3?", ("6",)), ("1", "1 + 1?", ("2",))]
     assert [(p.id, p.problem, p.references) for p in mine.problems] == expected
-    with pytest.raises(DataError, match=r"row 1 has no 'answer'"):
+    with pytest.raises(DataError, match=r"mine\.jsonl: row 1: no 'answer'"):
         load_suite(str(tmp_path / "mine.jsonl"), fields=Fields(problem="question", answer="answer"))
     with pytest.raises(DataError, match="not found"):
         load_suite(str(tmp_path / "missing.jsonl"))
@@ -126,8 +126,8 @@ def test_benchmarks_from_the_shared_folder():
     assert [p.id for p in synthetic.problems] == [f"synth-eval-{i}" for i in range(5)]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="`datasets` is installed")
-def test_hugging_face_suite_without_datasets_says_what_to_install():
+def test_hugging_face_suite_without_datasets_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` raises ImportError, as when not installed
     with pytest.raises(DataError, match="needs the `datasets` package"):
         load_suite("hf:HuggingFaceH4/MATH-500")
 

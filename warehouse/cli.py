@@ -1,4 +1,5 @@
-"""`hicra sql` (read-only queries over the warehouse's views) and `hicra warehouse check|gc` (integrity, cleanup)."""
+"""`hicra sql` (read-only queries over the warehouse's views), `hicra export` (a run's scored rollouts as JSONL or a
+`datasets` folder) and `hicra warehouse check|gc` (integrity, cleanup)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from warehouse.catalog import init_sql, query
+from warehouse.export import EXPORT_FORMATS, export_rollouts
 from warehouse.store import ROOT_HELP, Warehouse, default_root
 
 FORMATS = ("table", "csv", "json", "parquet")
@@ -76,6 +78,13 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    rows = export_rollouts(_existing_root(args), args.run, args.format, args.out, args.iteration)
+    which = f"iteration {args.iteration}" if args.iteration is not None else "all iterations"
+    print(f"exported {rows} scored rollouts of run {args.run!r} ({which}) to {args.out} ({args.format})")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     store = Warehouse(_existing_root(args))
     problems = store.verify(args.run)
@@ -116,6 +125,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="print the SQL that defines the views (as of now), for `duckdb -init FILE` or any DuckDB client",
     )
     sql.set_defaults(func=cmd_sql)
+
+    export = sub.add_parser(
+        "export",
+        help="write a run's scored rollouts (the view scored_rollouts) as JSONL or a Hugging Face datasets folder",
+        description="Write one row per scored rollout: prompt, response, reward, status, correct, iteration, "
+        "rollout_id, group and sample index, token ids, sampler log-probs, planning mask and share. `jsonl`: one JSON "
+        "object a line; `hf`: a folder written by Dataset.save_to_disk (read it with datasets.load_from_disk).",
+    )
+    export.add_argument("run", help="the run id")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="jsonl", help="output format (default: jsonl)")
+    export.add_argument("--out", required=True, help="the JSONL file, or the folder for hf (new or empty)")
+    export.add_argument("--iteration", type=int, help="only this iteration (default: all)")
+    export.add_argument("--warehouse", help=root_help)
+    export.set_defaults(func=cmd_export)
 
     warehouse = sub.add_parser("warehouse", help="check the warehouse's files against their commit records; clean up")
     actions = warehouse.add_subparsers(dest="action", required=True)

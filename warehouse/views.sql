@@ -62,6 +62,17 @@ SELECT t.run_id, t.iteration, t.rollout_id, t.position, t.token_id, v.text AS to
        t.sampler_logprob
 FROM t LEFT JOIN vocab v ON v.run_id = t.run_id AND v.token_id = t.token_id;
 
+-- One row per scored rollout: prompt and response (text and token ids), the verifier's verdict, and the planning
+-- annotation (NULL until the iteration's annotate stage commits). `hicra export` writes this view.
+CREATE OR REPLACE VIEW scored_rollouts AS
+SELECT r.run_id, r.iteration, r.rollout_id, r.prompt_id, r.group_index, r.sample_index, r.policy_iteration, r.seed,
+       r.prompt, r.reference, r.response, s.reward, s.correct, s.status, s.extracted, r.finish_reason,
+       r.response_length, p.num_planning_tokens, p.num_planning_tokens / nullif(len(p.planning_mask), 0) AS planning_share,
+       r.prompt_token_ids, r.response_token_ids, r.sampler_logprobs, p.planning_mask
+FROM rollouts r
+JOIN scores s USING (run_id, iteration, rollout_id)
+LEFT JOIN planning p USING (run_id, iteration, rollout_id);
+
 -- One row per (run, iteration): what a researcher looks at first.
 CREATE OR REPLACE VIEW iteration_summary AS
 WITH r AS (
