@@ -120,10 +120,11 @@ def deepspeed_config(config: UpdateConfig, world_size: int, precision: str, cuda
 
 
 def pack_by_tokens(rows: torch.Tensor, lengths: torch.Tensor, max_tokens: int, max_rows: int) -> list[torch.Tensor]:
-    """Cut `rows` (K,) into micro-batches by a token budget: longest sequence first (a stable sort, so the same rows
-    always give the same cut), each micro-batch taking rows while rows x its longest length stays within
+    """Cut `rows` (K,) into micro-batches by a token budget: longest sequence first, ties by row id (so the cut depends
+    only on which rows, on every rank), each micro-batch taking rows while rows x its longest length stays within
     `max_tokens` (its padded size; a longer sequence goes alone) and at most `max_rows`. lengths (N,) by row id."""
-    order = rows[torch.sort(lengths[rows], descending=True, stable=True).indices].tolist()
+    by_id = rows.sort().values
+    order = by_id[torch.sort(lengths[by_id], descending=True, stable=True).indices].tolist()
     chunks: list[list[int]] = []
     for row in order:
         current = chunks[-1] if chunks else []
