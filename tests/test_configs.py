@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from deepspeed.runtime.config import DeepSpeedConfig
 
+from hicra.cache import resolve_model_path
 from hicra.trainer import deepspeed_config, init_distributed
 from schemas.config import load_config
 from tasks.stages import _update_config
@@ -59,3 +60,13 @@ def test_smollm2_config():
     config = load_config(ROOT / "configs" / "smollm2-135m.yaml")
     assert config.model.kind == "smollm2" and config.rollout.backend == "hf"
     assert config.data.use_chat_template and config.data.source == "synthetic"
+
+
+def test_model_path_is_a_folder_or_a_hub_id(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    assert resolve_model_path(str(tmp_path)) == tmp_path
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        resolve_model_path(str(tmp_path / "empty"))  # an existing folder is never taken for a hub id
+    with pytest.raises(FileNotFoundError, match="nor a hub id"):
+        resolve_model_path("models/not/here")
