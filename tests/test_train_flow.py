@@ -121,13 +121,13 @@ def test_bad_dataset_row_stops_before_anything_is_committed(tmp_path, prefect_se
     config = write_config(
         tmp_path / "c.yaml", small_config(tmp_path / "wh", data={"source": "jsonl", "path": str(data)})
     )
-    with pytest.raises(ValueError, match=r"prompts\.jsonl:2: row has no 'answer'"):
+    with pytest.raises(ValueError, match=r"prompts\.jsonl: row 2: no 'answer'"):
         train(config_path=str(config))
     assert Warehouse(tmp_path / "wh").commits() == []
     attempts = query(tmp_path / "wh", "select stage, status, error from stage_attempts").to_pylist()
     assert len(attempts) == 1, "a data error must not be retried"
     assert attempts[0]["stage"] == "rollout" and attempts[0]["status"] == "failed"
-    assert "row has no 'answer'" in attempts[0]["error"]
+    assert "row 2: no 'answer'" in attempts[0]["error"]
 
 
 def _wait_for(folder: Path, pattern: str, process: subprocess.Popen, timeout: float = 600) -> None:
