@@ -120,8 +120,6 @@ def suite_settings(protocol: EvalProtocol, suite: Suite, default_max_new_tokens:
 def render(problem: str, tokenizer: Any, settings: SuiteSettings) -> str:
     """The prompt text: the chat template (`auto`: when the tokenizer has one) or the plain template."""
     chat = settings.prompt == "chat" or (settings.prompt == "auto" and bool(getattr(tokenizer, "chat_template", None)))
-    if chat and settings.template:
-        return render_prompt(settings.template.format(problem=problem), tokenizer, use_chat_template=True)
     return render_prompt(problem, tokenizer, settings.template, use_chat_template=chat)
 
 

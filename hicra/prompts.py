@@ -16,9 +16,11 @@ def render_prompt(
     use_chat_template: bool = False,
     messages: Sequence[dict[str, str]] | None = None,
 ) -> str:
-    """Return the prompt text for `problem`: the tokenizer's chat template (over the dataset's own chat `messages`
-    when it has them, else `problem` as one user message), or a plain `{problem}` template."""
+    """Return the prompt text for `problem`: the tokenizer's chat template over the dataset's own chat `messages`
+    when it has them, else over one user message (`template` with `{problem}`, default the bare problem); or the
+    plain `{problem}` template."""
     if use_chat_template:
-        chat = list(messages) if messages else [{"role": "user", "content": problem}]
-        return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        if not messages:
+            messages = [{"role": "user", "content": (template or "{problem}").format(problem=problem)}]
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
     return (template or PLAIN_TEMPLATE).format(problem=problem)

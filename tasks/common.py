@@ -11,8 +11,8 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from rich.console import Console
 
+from hicra.cache import default_cache_dir
 from hicra.data import DataError
-from hicra.tiny import default_cache_dir
 from schemas.config import ConfigError, RunConfig
 from warehouse.store import AlreadyCommitted, Warehouse
 

@@ -13,6 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from transformers import AutoTokenizer
 
+from hicra.cache import resolve_model_path
 from hicra.core_algos import AdvantageConfig, group_advantage
 from hicra.data import load_training_problems, prompts_for_iteration
 from hicra.generate import Generator, HFGenerator, VLLMGenerator, derive_seed
@@ -20,6 +21,7 @@ from hicra.grams import GramMatcher, annotate, grams_version
 from hicra.metrics import conditional_entropy, fork_overlap, semantic_entropy, token_class_stats
 from hicra.prompts import render_prompt
 from hicra.rewards import RewardConfig, shaped_reward
+from hicra.smollm2 import smollm2_policy
 from hicra.tiny import build_tiny_policy
 from hicra.trainer import UpdateConfig
 from hicra.update import UpdateRequest, run_update, run_update_distributed
@@ -42,12 +44,13 @@ from warehouse.store import Warehouse
 
 @task(name="prepare-policy", task_run_name="{config.run.id}-prepare-policy", cache_policy=NO_CACHE)
 def prepare_policy(config: RunConfig) -> str:
-    """The base model folder: the embedded tiny policy (built once, then cached) or the configured HF folder."""
+    """The base model folder: the embedded tiny policy or SmolLM2 (built once, then cached), the configured HF folder,
+    or a hub id's snapshot (downloaded here, at run time, into the HF cache)."""
     if config.model.kind == "hf":
-        path = Path(config.model.path)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"model.path {path} is not an HF model folder (no config.json)")
-        return str(path)
+        return str(resolve_model_path(config.model.path))
+    if config.model.kind == "smollm2":
+        with console.status("converting SmolLM2-135M-Instruct from GGUF (first run only, then cached)"):
+            return str(smollm2_policy())
     with console.status("building the tiny policy (first run only, then cached)") as status:
 
         def progress(step: int, total: int, loss: float) -> None:
@@ -285,6 +288,11 @@ def _update_config(config: RunConfig, iteration: int) -> UpdateConfig:
         epochs=tr.epochs,
         max_grad_norm=tr.max_grad_norm,
         zero_stage=tr.zero_stage,
+        precision=tr.precision,
+        gradient_checkpointing=tr.gradient_checkpointing,
+        offload_optimizer=tr.offload_optimizer,
+        offload_params=tr.offload_params,
+        micro_batch_tokens=tr.micro_batch_tokens,
         clip_low=algo.clip_low,
         clip_high=algo.clip_high,
         dual_clip=algo.dual_clip,

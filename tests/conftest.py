@@ -52,6 +52,60 @@ def small_config(warehouse: Path, run_id: str = "t", iterations: int = 2, **sect
     return config
 
 
+def random_update_request(model_dir: Path, save_to: Path, trainer, rows: int = 12):
+    """An `UpdateRequest` over `rows` random sequences (prompts of 4-8 tokens, responses of 2-19) in groups of 4, with
+    mixed rewards and every third response token a planning token: for comparing update paths on the same data."""
+    import torch
+
+    from hicra.core_algos import AdvantageConfig
+    from hicra.update import UpdateRequest
+
+    generator = torch.Generator().manual_seed(0)
+    prompt_lengths = torch.randint(4, 9, (rows,), generator=generator).tolist()
+    response_lengths = torch.randint(2, 20, (rows,), generator=generator).tolist()
+    prompts = [torch.randint(3, 100, (n,), generator=generator).tolist() for n in prompt_lengths]
+    responses = [torch.randint(3, 100, (n,), generator=generator).tolist() for n in response_lengths]
+    return UpdateRequest(
+        base_model_dir=str(model_dir),
+        resume_from=None,
+        save_to=str(save_to),
+        prompt_ids=prompts,
+        response_ids=responses,
+        planning=[[int(t % 3 == 0) for t in r] for r in responses],
+        rewards=[float(k % 3 == 0 or k % 4 == 3) for k in range(rows)],
+        group_index=[k // 4 for k in range(rows)],
+        pad_id=0,
+        advantage="hicra",
+        advantage_config=AdvantageConfig(alpha=0.2),
+        trainer=trainer,
+    )
+
+
+def assert_same_update(one: Path, two: Path, initial: Path) -> None:
+    """Two HF exports of updates from the same `initial` weights agree: every tensor trained, and each differs by at
+    most 1% of the size of its own update (summation order changes float rounding, and Adam's division by sqrt(v)
+    magnifies it in near-zero gradient entries; measured at most 0.3%)."""
+    from safetensors.torch import load_file
+
+    weights_one, weights_two = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    start = load_file(initial / "model.safetensors")
+    for name, value in weights_one.items():
+        update = float((value - start[name]).abs().max())
+        assert update > 0, f"{name} did not train"
+        assert float((weights_two[name] - value).abs().max()) <= 0.01 * update, name
+
+
+class DataParallel:
+    """DeepSpeed's `mpu` protocol reduced to a data-parallel size: lets its config parser check a config for N ranks
+    in a one-rank test process."""
+
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+
+    def get_data_parallel_world_size(self) -> int:
+        return self.world_size
+
+
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory, prefect_server):
     """One uninterrupted 2-iteration run of the small policy, shared by the tests that read a real warehouse.

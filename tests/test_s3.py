@@ -17,7 +17,7 @@ import yaml
 from moto.server import ThreadedMotoServer
 
 from flows.cli import main as hicra
-from hicra.tiny import default_cache_dir
+from hicra.cache import default_cache_dir
 from schemas.tables import RolloutRow, ScoreRow, to_table
 from tests.conftest import free_port, small_config
 from tests.test_warehouse import rollout, score

@@ -1,0 +1,101 @@
+"""Trainer options for large models, on the CPU: token-budget micro-batches, gradient checkpointing and ZeRO offload
+give the update of the plain path; bf16 is refused without a CUDA device; the GPU DeepSpeed config validates."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from deepspeed.runtime.config import DeepSpeedConfig
+
+from hicra.tiny import build_tiny_policy
+from hicra.trainer import UpdateConfig, deepspeed_config, init_distributed, pack_by_tokens, resolve_precision
+from hicra.update import run_update
+from schemas.config import ConfigError, load_config
+from tests.conftest import TEST_MODEL, DataParallel, assert_same_update, random_update_request
+
+BASE = UpdateConfig(mini_batch_size=10, micro_batch_size=2, lr=1e-2, epochs=2, seed=3)
+
+
+def test_pack_by_tokens_respects_budget_and_keeps_every_row():
+    lengths = torch.tensor([5, 30, 12, 12, 3, 50, 7, 12, 1, 9])
+    rows = torch.tensor([9, 2, 5, 0, 7, 1, 3, 8, 4, 6])
+    chunks = pack_by_tokens(rows, lengths, max_tokens=36, max_rows=3)
+    assert sorted(torch.cat(chunks).tolist()) == sorted(rows.tolist())
+    for chunk in chunks:
+        padded = len(chunk) * int(lengths[chunk].max())
+        assert len(chunk) == 1 or padded <= 36, chunk
+        assert len(chunk) <= 3
+    assert [c.tolist() for c in chunks] == [[5], [1], [2, 3, 7], [9, 6, 0], [4, 8]]
+    # the cut depends on the rows, not on their order (ties of length go by row id)
+    assert [c.tolist() for c in pack_by_tokens(rows.flip(0), lengths, 36, 3)] == [c.tolist() for c in chunks]
+    assert [c.tolist() for c in pack_by_tokens(rows, lengths, 24, 8)] == [[5], [1], [2, 3], [7, 9], [6, 0, 4], [8]]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The plain update (fixed micro-batch count, fp32, ZeRO-0) of the random request: (model dir, result, dir)."""
+    model_dir = build_tiny_policy(**TEST_MODEL)
+    out = tmp_path_factory.mktemp("plain")
+    return model_dir, run_update(random_update_request(model_dir, out, BASE)), out
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"micro_batch_tokens": 40, "micro_batch_size": 10},
+        {"gradient_checkpointing": True},
+        {"zero_stage": 2, "offload_optimizer": True},
+        {"zero_stage": 3, "offload_optimizer": True, "offload_params": True, "micro_batch_tokens": 64},
+    ],
+    ids=["token-budget", "checkpointing", "zero2-offload", "zero3-offload-tokens"],
+)
+def test_option_gives_the_plain_update(tmp_path, reference, changes):
+    model_dir, plain, plain_dir = reference
+    result = run_update(random_update_request(model_dir, tmp_path, dataclasses.replace(BASE, **changes)))
+    assert [s["num_tokens"] for s in result.steps] == [s["num_tokens"] for s in plain.steps]
+    for a, b in zip(plain.steps, result.steps, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3, abs=1e-6)
+    assert_same_update(plain_dir / "hf", tmp_path / "hf", model_dir)
+
+
+def test_precision_bf16_needs_cuda():
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        pytest.skip("this machine has CUDA bf16")
+    assert resolve_precision("auto") == "fp32"
+    assert resolve_precision("fp32") == "fp32"
+    with pytest.raises(ValueError, match=r"trainer\.precision is 'bf16'.*no CUDA device"):
+        resolve_precision("bf16")
+
+
+def test_gpu_deepspeed_config_validates():
+    """What a bf16 ZeRO-3 update with offload would hand DeepSpeed on 8 GPUs (it cannot run here): DeepSpeed's own
+    config parser accepts it, with CPU Adam for the offloaded optimizer."""
+    config = dataclasses.replace(
+        BASE, zero_stage=3, offload_optimizer=True, offload_params=True, mini_batch_size=512, micro_batch_size=4
+    )
+    built = deepspeed_config(config, world_size=8, precision="bf16", cuda=True)
+    init_distributed()  # DeepSpeed reads the rank from the process group and the data-parallel size from an `mpu`
+    parsed = DeepSpeedConfig(built, mpu=DataParallel(8))
+    assert parsed.bfloat16_config.enabled
+    assert parsed.zero_optimization_stage == 3
+    assert parsed.zero_config.offload_optimizer.device == "cpu"
+    assert parsed.zero_config.offload_param.device == "cpu"
+    assert parsed.train_batch_size == 4 * 128 * 8
+    assert built["optimizer"]["params"]["torch_adam"] is False
+    assert deepspeed_config(BASE, 1, "fp32", cuda=False)["optimizer"]["params"]["torch_adam"] is True
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"trainer.offload_params": True, "trainer.zero_stage": 2}, r"trainer\.offload_params"),
+        ({"trainer.offload_optimizer": True}, r"trainer\.offload_optimizer"),
+        ({"trainer.precision": "fp16"}, r"trainer\.precision"),
+        ({"trainer.micro_batch_tokens": 0}, r"trainer\.micro_batch_tokens"),
+    ],
+)
+def test_bad_trainer_options_name_the_field(overrides, field):
+    with pytest.raises(ConfigError, match=field):
+        load_config(None, **overrides)
