@@ -88,10 +88,15 @@ class Generator(ABC):
 
 
 class HFGenerator(Generator):
-    """Samples with transformers in this process (CPU or one GPU)."""
+    """Samples with transformers in this process (CPU or one GPU: the GPU when there is one, unless `device` says).
 
-    def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    Sampling draws from per-sample CPU generators over logits copied to the CPU, so a seed gives the same tokens on
+    any device up to the model's own numerics.
+    """
+
+    def __init__(self, model_dir: str | Path, device: str | None = None, dtype: torch.dtype = torch.float32):
         super().__init__(model_dir)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
         self.device = device
         self.eos_ids = {self.tokenizer.eos_token_id} | set(_as_list(self.model.generation_config.eos_token_id))
