@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import datetime as dt
 import os
+import shutil
 from functools import lru_cache
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from transformers import AutoTokenizer
 
 from hicra.core_algos import AdvantageConfig, group_advantage
-from hicra.data import Prompt, load_jsonl_prompts, prompts_for_iteration
+from hicra.data import DataError, Prompt, data_position, load_jsonl_prompts, prompts_for_iteration
 from hicra.generate import HFGenerator, derive_seed
 from hicra.grams import GramMatcher, annotate, grams_version
 from hicra.metrics import conditional_entropy, fork_overlap, semantic_entropy, token_class_stats
@@ -67,11 +68,33 @@ def _load_prompts(config: RunConfig) -> list[Prompt]:
     return load_jsonl_prompts(data.path, data.id_field, data.problem_field, data.answer_field)
 
 
-@stage_task("rollout")
+def _data_position(config: RunConfig, dataset_size: int, iteration: int) -> dict:
+    """Where iteration `iteration` starts reading the training prompts (hicra.data.data_position)."""
+    run = config.run
+    return data_position(dataset_size, config.rollout.prompts_per_iteration, run.id, run.seed, iteration)
+
+
+def _check_data_position(store: Warehouse, config: RunConfig, iteration: int, dataset_size: int) -> None:
+    """The data position saved with the previous checkpoint must be the one (run, iteration, seed) give now: else
+    the dataset changed size since, and the run would not draw the prompts its first start would have."""
+    saved = store.read_commit(config.run.id, iteration - 1, "update") if iteration > 0 else None
+    expected = _data_position(config, dataset_size, iteration)
+    position = saved.info.get("data_position") if saved else None
+    if position is not None and {k: position[k] for k in expected} != expected:
+        raise DataError(
+            f"run {config.run.id!r} iteration {iteration}: the checkpoint of iteration {iteration - 1} saved data "
+            f"position {position['cursor']} of {position['dataset_size']} prompts, but the dataset now has "
+            f"{dataset_size} prompts (it changed since the run started); use a new run id"
+        )
+
+
+@stage_task("rollout", gpu=True)
 def rollout(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: str) -> str:
     """Sample G responses for each of the iteration's prompts with the previous iteration's policy."""
     run, ro = config.run, config.rollout
-    prompts = prompts_for_iteration(_load_prompts(config), ro.prompts_per_iteration, run.id, run.seed, iteration)
+    dataset = _load_prompts(config)
+    _check_data_position(store, config, iteration, len(dataset))
+    prompts = prompts_for_iteration(dataset, ro.prompts_per_iteration, run.id, run.seed, iteration)
     generator = HFGenerator(policy_dir(store, config, iteration, base_model_dir))
     texts = [
         render_prompt(p.problem, generator.tokenizer, config.data.template, config.data.use_chat_template)
@@ -189,7 +212,7 @@ def _by_rollout(table: pa.Table, column: str) -> dict:
     return dict(zip(data["rollout_id"], data[column], strict=True))
 
 
-@stage_task("update")
+@stage_task("update", gpu=True)
 def update(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: str) -> str:
     """Compute advantages and run the DeepSpeed policy update; save the checkpoint and its HF export."""
     run, algo = config.run, config.algorithm
@@ -198,6 +221,9 @@ def update(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: 
     reward = _by_rollout(store.read_table("scores", run.id, iteration), "reward")
     planning = _by_rollout(store.read_table("planning", run.id, iteration), "planning_mask")
     staging = store.staging_dir(run.id, iteration, "update")
+    # saved with the checkpoint: the next iteration's data position, and the prompts this iteration consumed
+    consumed = [p for p, s in zip(rollouts["prompt_id"], rollouts["sample_index"], strict=True) if s == 0]
+    position = {**_data_position(config, len(_load_prompts(config)), iteration + 1), "consumed_prompt_ids": consumed}
     request = UpdateRequest(
         base_model_dir=base_model_dir,
         resume_from=str(store.checkpoint_dir(run.id, iteration - 1) / "deepspeed") if iteration > 0 else None,
@@ -218,12 +244,13 @@ def update(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: 
         ),
         trainer=_update_config(config, iteration),
         dynamic_sampling=algo.dynamic_sampling,
-        client_state={"run_id": run.id, "iteration": iteration},
+        client_state={"run_id": run.id, "iteration": iteration, "data_position": position},
     )
     processes = config.trainer.num_processes
     result = run_update(request) if processes == 1 else run_update_distributed(request, processes, staging)
     final = store.checkpoint_dir(run.id, iteration)
     final.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(final, ignore_errors=True)  # a killed attempt may have moved its checkpoint here, uncommitted
     os.replace(staging / "checkpoint", final)
 
     lengths = result.response_mask.sum(-1).long().tolist()
@@ -263,7 +290,7 @@ def update(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: 
         "checkpoints": to_table(CheckpointRow, [checkpoint]),
         "metrics": _metrics_table(config, iteration, "update", metrics),
     }
-    store.commit_stage(run.id, iteration, "update", tables)
+    store.commit_stage(run.id, iteration, "update", tables, {"data_position": position})
     loss = sum(s.loss for s in steps) / max(len(steps), 1)
     return f"{len(steps)} optimizer steps, loss {loss:.4f}"
 

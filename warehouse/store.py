@@ -3,6 +3,7 @@
     <root>/<table>/run_id=<run>/iteration=<i>/<stage>-<attempt>.parquet
     <root>/_commits/run_id=<run>/iteration=<i>/<stage>.json      written last: the only proof a stage is done
     <root>/_staging/...                                          files being written (never read)
+    <root>/_attempts/..., <root>/_locks/...                       attempt records; locks of running runs and stages
     <root>/checkpoints/<run>/iteration=<i>/{hf,deepspeed}        policy checkpoints
     <root>/runs/<run>/config.yaml                                the frozen config; its hash guards resume
 
@@ -13,7 +14,9 @@ at most uncommitted files, which the stage's next attempt removes before it writ
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import math
@@ -22,6 +25,7 @@ import shutil
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +68,10 @@ class Sweep:
 
 class AlreadyCommitted(RuntimeError):
     """A stage that is already committed was asked to write again."""
+
+
+class Busy(RuntimeError):
+    """Another live process holds the lock of a run or a stage (the message names its host, PID and start)."""
 
 
 @dataclass(frozen=True)
@@ -196,6 +204,32 @@ class Warehouse:
         _write_atomic(self.commit_path(run_id, iteration, stage), record.to_json())
         shutil.rmtree(staging, ignore_errors=True)
         return record
+
+    # ---- locks --------------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, *name: str | int, what: str = "locked") -> Iterator[None]:
+        """Hold `<root>/_locks/<name...>.lock` exclusively, or at once raise `Busy`: `what`, and who holds it.
+
+        An OS file lock (flock): the kernel drops it when the holder exits, even by SIGKILL, so a killed run is never
+        locked out of its resume; on shared storage it needs a file system with working flock (NFSv4, Lustre with
+        `-o flock`).
+        """
+        path = self.root / "_locks" / Path(*map(str, name[:-1])) / f"{name[-1]}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                raise Busy(f"{what}: {path} is held by {fh.read().strip() or 'another process'}") from None
+            fh.truncate(0)
+            fh.write(f"host {socket.gethostname()} pid {os.getpid()} since {dt.datetime.now(dt.UTC).isoformat()}")
+            fh.flush()
+            try:
+                yield
+            finally:
+                fh.truncate(0)
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     # ---- attempts -----------------------------------------------------------------------------------------------
     def start_attempt(self, run_id: str, iteration: int, stage: str) -> Path:
