@@ -182,6 +182,7 @@ def test_gpu_stage_waits_for_the_gpu_slot(served, small_run, tmp_path):
         stdout=subprocess.PIPE,
         text=True,
     )
+    process = None
     try:
         assert holder.stdout.readline().strip() == "held"
         # the run prints "iteration 1/2" just before its first GPU task (iteration 0's rollout, committed: the task
@@ -201,8 +202,10 @@ def test_gpu_stage_waits_for_the_gpu_slot(served, small_run, tmp_path):
         holder.communicate("\n", timeout=60)  # release the slot
         process.wait(timeout=600)
     finally:
-        holder.kill()
-        holder.wait()
+        for child in (holder, process):
+            if child is not None and child.poll() is None:
+                child.kill()
+                child.wait()
     assert process.returncode == 0, log.read_text()[-3000:]
     assert "iteration 0 rollout: committed, skipped" in log.read_text()
     assert query(warehouse, "select count(*) n from eval_results").to_pylist() == [{"n": 4}]
