@@ -1,9 +1,10 @@
-"""`hicra serve` and `hicra stop`: a local Prefect server and process worker whose state lives beside the warehouse.
+"""`hicra serve` and `hicra stop`: a local Prefect server and process workers whose state lives beside the warehouse.
 
 Everything is under `<warehouse>/_prefect`: the server's PREFECT_HOME (its SQLite database), the logs, the PID files
 and the server's API address. `hicra serve` is idempotent: it finds a live server (PID and health check) and a live
-worker (PID) and starts only what is missing; the work pool, the deployments of prefect.yaml and the zombie-run
-automation are created or updated every time. Prefect is imported on use, so building the command line stays cheap.
+worker (PID) and starts only what is missing; the work pools (`hicra`, and `hicra-gpu`, `hicra-cpu` for the stage
+deployments), the `gpu` tag concurrency limit, the deployments of prefect.yaml and the zombie-run automation are
+created or updated every time. Prefect is imported on use, so building the command line stays cheap.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 
+from schemas.config import GPU_TAG
 from warehouse.store import ROOT_HELP
 
 if TYPE_CHECKING:
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[1]  # prefect.yaml and the flows' entrypoints: deploy from here
 PREFECT = str(Path(sys.executable).parent / "prefect")
 POOL = "hicra"
+STAGE_POOLS = {"worker-gpu": "hicra-gpu", "worker-cpu": "hicra-cpu"}  # the `hicra-stage` deployments' pools
+GPU_SLOTS = 1  # task runs tagged `gpu` (rollout, update, eval) at once, across every run on this server
 HEARTBEAT_SECONDS = 60  # flow runs emit a heartbeat event this often (Prefect's minimum is 30)
 AUTOMATION = "hicra: crash zombie flow runs"
 
@@ -129,8 +133,9 @@ def zombie_automation() -> AutomationCore:
     )
 
 
-def _ensure_pool_and_automation(api_url: str) -> None:
-    """Create the process work pool and the zombie-run automation unless they exist (by name)."""
+def _ensure_pools_limits_automation(api_url: str) -> None:
+    """Create the process work pools, the `gpu` tag concurrency limit and the zombie-run automation unless they
+    exist (by name)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectNotFound
@@ -138,17 +143,23 @@ def _ensure_pool_and_automation(api_url: str) -> None:
     from prefect.workers.process import ProcessWorker
 
     with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        for pool in (POOL, *STAGE_POOLS.values()):
+            try:
+                client.read_work_pool(pool)
+            except ObjectNotFound:
+                template = ProcessWorker.get_default_base_job_template()
+                client.create_work_pool(WorkPoolCreate(name=pool, type="process", base_job_template=template))
         try:
-            client.read_work_pool(POOL)
+            client.read_concurrency_limit_by_tag(GPU_TAG)
         except ObjectNotFound:
-            template = ProcessWorker.get_default_base_job_template()
-            client.create_work_pool(WorkPoolCreate(name=POOL, type="process", base_job_template=template))
+            client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=GPU_SLOTS)
         if not client.read_automations_by_name(AUTOMATION):
             client.create_automation(zombie_automation())
 
 
-def serve(root: str | Path, port: int = 4200) -> dict:
-    """Start (or find) this warehouse's server and worker, then deploy; returns their PIDs, URL and what started."""
+def serve(root: str | Path, port: int = 4200, pools: bool = False) -> dict:
+    """Start (or find) this warehouse's server and worker (with `pools`, also a worker on each stage pool), then
+    deploy; returns the API URL, the PIDs by name (server, worker, worker-gpu, worker-cpu) and what started."""
     state = state_dir(root)
     state.mkdir(parents=True, exist_ok=True)
     url_file = state / "server.url"
@@ -168,26 +179,29 @@ def serve(root: str | Path, port: int = 4200) -> dict:
             raise RuntimeError(f"{err}; see {state / 'server.log'}") from err
         started = ["server"]
     env = _environment(root, api_url)
-    _ensure_pool_and_automation(api_url)
+    _ensure_pools_limits_automation(api_url)
     deploy = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], env=env, cwd=REPO, capture_output=True,
                             text=True)  # fmt: skip
     if deploy.returncode != 0:
         raise RuntimeError(f"prefect deploy failed:\n{deploy.stdout[-2000:]}\n{deploy.stderr[-2000:]}")
-    worker = running(state / "hicra-worker.pid")
-    if worker is not None and started:  # a worker of a server that died may poll another port: start a fresh one
-        terminate(worker)
-        worker = None
-    if worker is None:
-        worker = psutil.Process(_spawn(["worker", "start", "--pool", POOL], env, "worker", state))
-        started.append("worker")
-    return {"api_url": api_url, "server_pid": server.pid, "worker_pid": worker.pid, "started": started}
+    pids = {"server": server.pid}
+    for name, pool in {"worker": POOL, **(STAGE_POOLS if pools else {})}.items():
+        worker = running(state / f"hicra-{name}.pid")
+        if worker is not None and "server" in started:  # a worker of a server that died may poll another port
+            terminate(worker)
+            worker = None
+        if worker is None:
+            worker = psutil.Process(_spawn(["worker", "start", "--pool", pool], env, name, state))
+            started.append(name)
+        pids[name] = worker.pid
+    return {"api_url": api_url, "pids": pids, "started": started}
 
 
 def stop(root: str | Path) -> list[str]:
     """Stop this warehouse's worker, then its server (and their children); returns what was running."""
     state = state_dir(root)
     stopped = []
-    for name in ("worker", "server"):
+    for name in ("worker", *STAGE_POOLS, "server"):
         pid_file = state / f"hicra-{name}.pid"
         process = running(pid_file)
         if process is not None:
@@ -202,13 +216,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from flows.cli import _warehouse
 
     root = Path(_warehouse(args)).resolve()
-    info = serve(root, args.port)
+    info = serve(root, args.port, pools=args.pools)
     state = state_dir(root)
-    for name in ("server", "worker"):
+    for name, pid in info["pids"].items():
         how = "started" if name in info["started"] else "already running"
-        print(f"{name}: {how}, pid {info[f'{name}_pid']}, log {state / f'{name}.log'}")
+        print(f"{name}: {how}, pid {pid}, log {state / f'{name}.log'}")
     api_url = info["api_url"]
     print(f"Prefect UI: {api_url.removesuffix('/api')}")
+    print(f"Work pools: {POOL}, {', '.join(STAGE_POOLS.values())} (stage deployments); {GPU_SLOTS} `{GPU_TAG}` slot.")
     print(f"Zombie runs: no heartbeat for {3 * HEARTBEAT_SECONDS} s marks a flow run Crashed ({AUTOMATION!r}).")
     print("Run the training deployment:")
     print(f"  export PREFECT_API_URL={api_url}")
@@ -231,6 +246,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     serve_parser = sub.add_parser("serve", help="start a local Prefect server and worker, deploy prefect.yaml")
     serve_parser.add_argument("--warehouse", help=warehouse_help)
     serve_parser.add_argument("--port", type=int, default=4200, help="the server's port on 127.0.0.1 (default 4200)")
+    serve_parser.add_argument(
+        "--pools", action="store_true",
+        help=f"also start a worker on each stage pool ({', '.join(STAGE_POOLS.values())}) on this machine",
+    )  # fmt: skip
     serve_parser.set_defaults(func=cmd_serve)
     stop_parser = sub.add_parser("stop", help="stop the Prefect worker and server that `hicra serve` started")
     stop_parser.add_argument("--warehouse", help=warehouse_help)

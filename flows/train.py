@@ -20,10 +20,11 @@ from prefect.runtime import flow_run
 from rich.table import Table
 
 from flows.report import inline_markdown
-from schemas.config import RunConfig, load_config
-from tasks.common import console, freeze_run_config
-from tasks.evaluate import evaluate_iteration
-from tasks.stages import annotate_planning, prepare_policy, rollout, update, verify
+from flows.stage import run_stage_here
+from schemas.config import RunConfig, Stage, load_config
+from tasks.common import console, freeze_run_config, open_warehouse
+from tasks.evaluate import pending_eval_stages
+from tasks.stages import prepare_policy
 from tasks.summary import summarize
 
 SUMMARY_COLUMNS = {
@@ -76,23 +77,68 @@ def report_iteration(config: RunConfig, summaries: list[dict]) -> None:
         create_markdown_artifact(markdown=f"**Warning**: {text}", key=_artifact_key(config.run.id, "warning"))
 
 
+class StageNotCommitted(RuntimeError):
+    """A stage that ran as a deployment's flow run ended without committing."""
+
+
+def run_stage_deployment(config: RunConfig, stage: Stage, iteration: int, deployment: str) -> None:
+    """Run one stage as a flow run of a `hicra-stage` deployment (on its work pool), wait, and check it committed."""
+    from prefect.deployments import run_deployment
+
+    orchestration, run_id = config.orchestration, config.run.id
+    warehouse = orchestration.stage_warehouse or open_warehouse(config).url
+    parameters = {"warehouse": warehouse, "run_id": run_id, "iteration": iteration, "stage": stage}
+    if stage == "eval":
+        parameters["eval"] = config.eval.model_dump(mode="json")
+    console.print(f"  iteration {iteration} {stage}: running as deployment {deployment}")
+    flow_run = run_deployment(
+        deployment, parameters=parameters, timeout=orchestration.stage_timeout_s, poll_interval=2,
+        flow_run_name=f"{run_id}-i{iteration}-{stage}",
+    )  # fmt: skip
+    if stage == "eval":
+        committed = not pending_eval_stages(config, iteration)
+    else:
+        committed = open_warehouse(config).is_committed(run_id, iteration, stage)
+    if not committed:
+        state = flow_run.state
+        raise StageNotCommitted(
+            f"stage {stage} of run {run_id!r} iteration {iteration} did not commit: deployment {deployment!r}, "
+            f"flow run {flow_run.name!r} ({flow_run.id}) on work pool {flow_run.work_pool_name!r} is "
+            f"{state.type.value if state else 'unknown'}{f' ({state.message})' if state and state.message else ''}"
+        )
+
+
+def run_stage(config: RunConfig, stage: Stage, iteration: int, base_model_dir: str) -> None:
+    """One stage of one iteration: as its deployment's flow run if `orchestration.stage_deployments` names one,
+    else in this process."""
+    deployment = config.orchestration.stage_deployments.get(stage)
+    if deployment:
+        run_stage_deployment(config, stage, iteration, deployment)
+    else:
+        run_stage_here(config, stage, iteration, base_model_dir)
+
+
 def run_iterations(config: RunConfig, force: bool = False) -> list[dict]:
-    """Run (or resume) every iteration of the configured run; returns the per-iteration summaries."""
-    freeze_run_config(config, force=force)
-    base_model_dir = prepare_policy(config)
-    progress = create_progress_artifact(progress=0.0, key=_artifact_key(config.run.id, "progress"))
-    summaries = []
-    for iteration in range(config.run.iterations):
-        console.print(f"[bold]iteration {iteration + 1}/{config.run.iterations}[/bold] (run {config.run.id})")
-        rollout(config, iteration, base_model_dir)
-        verify(config, iteration, base_model_dir)
-        annotate_planning(config, iteration, base_model_dir)
-        update(config, iteration, base_model_dir)
-        if config.eval.every and iteration % config.eval.every == config.eval.every - 1:
-            evaluate_iteration(config, iteration)
-        summaries.append(summarize(config, iteration))
-        report_iteration(config, summaries)
-        update_progress_artifact(progress, progress=100.0 * (iteration + 1) / config.run.iterations)
+    """Run (or resume) every iteration of the configured run; returns the per-iteration summaries.
+
+    The run's lock is held throughout: a second start of the same run id while this one lives is refused at once
+    (a killed run frees it, so its resume is not).
+    """
+    busy = f"run {config.run.id!r} is already running; wait for it to end or stop it"
+    with open_warehouse(config).lock(config.run.id, what=busy):
+        freeze_run_config(config, force=force)
+        base_model_dir = prepare_policy(config)
+        progress = create_progress_artifact(progress=0.0, key=_artifact_key(config.run.id, "progress"))
+        summaries = []
+        for iteration in range(config.run.iterations):
+            console.print(f"[bold]iteration {iteration + 1}/{config.run.iterations}[/bold] (run {config.run.id})")
+            for stage in ("rollout", "verify", "annotate", "update"):
+                run_stage(config, stage, iteration, base_model_dir)
+            if config.eval.every and iteration % config.eval.every == config.eval.every - 1:
+                run_stage(config, "eval", iteration, base_model_dir)
+            summaries.append(summarize(config, iteration))
+            report_iteration(config, summaries)
+            update_progress_artifact(progress, progress=100.0 * (iteration + 1) / config.run.iterations)
     return summaries
 
 

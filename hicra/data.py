@@ -261,11 +261,24 @@ def prompts_for_iteration(
     next `count` positions, so no prompt repeats within an epoch and a resumed run sees the same prompts.
     """
     chosen = []
-    for position in range(iteration * count, (iteration + 1) * count):
+    start = data_position(len(problems), count, run_id, seed, iteration)["cursor"]
+    for position in range(start, start + count):
         epoch, offset = divmod(position, len(problems))
-        order = _epoch_order(len(problems), derive_seed("prompts", run_id, seed, epoch))
+        order = _epoch_order(len(problems), derive_seed("problems", run_id, seed, epoch))
         chosen.append(problems[int(order[offset])])
     return chosen
+
+
+def data_position(dataset_size: int, count: int, run_id: str, seed: int, iteration: int) -> dict:
+    """Where iteration `iteration` starts reading the dataset: the cursor (positions consumed before it), its epoch
+    and offset in that epoch's permutation, with the (run, seed) that seed the permutations. A function of
+    (run, seed, iteration) and the dataset's size alone; saved with each checkpoint for the next iteration."""
+    cursor = iteration * count
+    epoch, offset = divmod(cursor, dataset_size)
+    return {
+        "run_id": run_id, "seed": seed, "iteration": iteration, "cursor": cursor, "epoch": epoch, "offset": offset,
+        "dataset_size": dataset_size, "prompts_per_iteration": count,
+    }  # fmt: skip
 
 
 @lru_cache(maxsize=4)

@@ -309,6 +309,35 @@ class EvalSection(Section):
     protocol: EvalProtocol = Field(default_factory=EvalProtocol)
 
 
+Stage = Literal["rollout", "verify", "annotate", "update", "eval"]
+"""The stages of one iteration, in order (`eval` only every `eval.every` iterations)."""
+GPU_TAG = "gpu"
+"""Prefect task tag of the stages that use the accelerator (rollout, update, eval): a tag concurrency limit on it
+(`hicra serve` creates one with 1 slot) keeps two runs from sharing a GPU; with no limit defined it does nothing."""
+
+
+class OrchestrationSection(Section):
+    """Where and how long stages run; never what they compute (excluded from the config hash)."""
+
+    stage_deployments: dict[Stage, str] = Field(
+        default_factory=dict,
+        description="Stages that run as flow runs of a `hicra-stage` deployment (`flow/deployment`, e.g. "
+        "`{rollout: hicra-stage/gpu, verify: hicra-stage/cpu}`) on that deployment's work pool, through a Prefect "
+        "server; the others run in the training flow's process. Empty (the default): every stage in-process.",
+    )
+    stage_warehouse: str | None = Field(
+        None,
+        description="The warehouse root as the stage deployments' workers see it (shared storage); default: this "
+        "run's warehouse as an absolute path, for machines that mount it at the same path.",
+    )
+    stage_timeout_s: float | None = Field(
+        24 * 3600.0,
+        gt=0,
+        description="Backstop: a stage task (or a stage deployment's flow run) running longer than this fails; a "
+        "generous limit for a hung process, never a schedule. null: no limit.",
+    )
+
+
 class RunConfig(Section):
     run: RunSection = Field(default_factory=RunSection)
     model: ModelSection = Field(default_factory=ModelSection)
@@ -320,6 +349,7 @@ class RunConfig(Section):
     algorithm: AlgorithmSection = Field(default_factory=AlgorithmSection)
     trainer: TrainerSection = Field(default_factory=TrainerSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    orchestration: OrchestrationSection = Field(default_factory=OrchestrationSection)
 
     def config_hash(self) -> str:
         """Hash of every field that changes what a run computes (not its length or where it is stored)."""
@@ -327,6 +357,7 @@ class RunConfig(Section):
         data["run"].pop("iterations")
         data["run"].pop("warehouse")
         data.pop("eval")  # evaluation reads checkpoints; it never changes them
+        data.pop("orchestration")  # where and how long stages run, not what they compute
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:

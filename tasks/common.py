@@ -13,8 +13,8 @@ from rich.console import Console
 
 from hicra.cache import default_cache_dir
 from hicra.data import DataError
-from schemas.config import ConfigError, RunConfig
-from warehouse.store import AlreadyCommitted, Warehouse
+from schemas.config import GPU_TAG, ConfigError, RunConfig
+from warehouse.store import AlreadyCommitted, Busy, Warehouse
 
 console = Console(highlight=False)
 
@@ -28,7 +28,7 @@ def open_warehouse(config: RunConfig) -> Warehouse:
 
 
 TRANSIENT_ERRORS = (OSError, RuntimeError, TimeoutError, MemoryError)
-PERMANENT_ERRORS = (ConfigError, DataError, RunConfigMismatch, FileNotFoundError, AlreadyCommitted)
+PERMANENT_ERRORS = (ConfigError, DataError, RunConfigMismatch, FileNotFoundError, AlreadyCommitted, Busy)
 
 
 def retry_transient(task, task_run, state) -> bool:
@@ -47,33 +47,46 @@ def retry_transient(task, task_run, state) -> bool:
 StageFn = Callable[[Warehouse, RunConfig, int, str], str]
 
 
-def stage_task(stage: str, retries: int = 2) -> Callable[[StageFn], Task]:
-    """Make a stage function a Prefect task that runs only if the stage is not committed.
+def run_stage(store: Warehouse, run_id: str, iteration: int, stage: str, work: Callable[[], str]) -> str | None:
+    """Run `work` (which writes and commits the stage) unless the stage is committed; None if it was.
 
-    Before the function runs, what an earlier, killed attempt left uncommitted is removed; the attempt is recorded
-    (`stage_attempts`) with its error and traceback if it fails. The function gets (warehouse, config, iteration,
-    base model folder), writes and commits its outputs, and returns a one-line report for the console. Transient
-    errors are retried; the commit protocol makes a retry safe.
+    Under the stage's lock (a second attempt running at the same time is refused with `Busy`), what an earlier,
+    killed attempt left uncommitted is removed first, and the attempt is recorded (`stage_attempts`) with its error
+    and traceback if it fails. Returns work's one-line report.
+    """
+    with store.lock(run_id, iteration, stage, what=f"stage {stage} of {run_id} iteration {iteration} is running"):
+        if store.is_committed(run_id, iteration, stage):
+            return None
+        store.discard_uncommitted(run_id, iteration, stage)
+        attempt = store.start_attempt(run_id, iteration, stage)
+        try:
+            report = work()
+        except BaseException as err:
+            store.end_attempt(attempt, "failed", error=f"{type(err).__name__}: {err}", traceback=format_exc())
+            raise
+        store.end_attempt(attempt, "ok")
+        return report
+
+
+def stage_task(stage: str, retries: int = 2, gpu: bool = False) -> Callable[[StageFn], Task]:
+    """Make a stage function a Prefect task that runs only if the stage is not committed (see `run_stage`).
+
+    The function gets (warehouse, config, iteration, base model folder), writes and commits its outputs, and returns
+    a one-line report for the console. Transient errors are retried; the commit protocol makes a retry safe. `gpu`
+    tags the task with `GPU_TAG`.
     """
 
     def wrap(fn: StageFn) -> Task:
         def run(config: RunConfig, iteration: int, base_model_dir: str) -> None:
             store = open_warehouse(config)
-            if store.is_committed(config.run.id, iteration, stage):
-                console.print(f"  [dim]iteration {iteration} {stage}: committed, skipped[/dim]")
-                return
-            store.discard_uncommitted(config.run.id, iteration, stage)
-            if stage == "update":
-                store.remove(store.checkpoint_dir(config.run.id, iteration))
-            attempt = store.start_attempt(config.run.id, iteration, stage)
             started = time.perf_counter()
-            try:
-                report = fn(store, config, iteration, base_model_dir)
-            except BaseException as err:
-                store.end_attempt(attempt, "failed", error=f"{type(err).__name__}: {err}", traceback=format_exc())
-                raise
-            store.end_attempt(attempt, "ok")
-            console.print(f"  iteration {iteration} {stage}: {report} ({time.perf_counter() - started:.1f}s)")
+            report = run_stage(
+                store, config.run.id, iteration, stage, lambda: fn(store, config, iteration, base_model_dir)
+            )
+            if report is None:
+                console.print(f"  [dim]iteration {iteration} {stage}: committed, skipped[/dim]")
+            else:
+                console.print(f"  iteration {iteration} {stage}: {report} ({time.perf_counter() - started:.1f}s)")
 
         run.__name__, run.__qualname__, run.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
         return task(
@@ -84,6 +97,7 @@ def stage_task(stage: str, retries: int = 2) -> Callable[[StageFn], Task]:
             retries=retries,
             retry_delay_seconds=2,
             retry_condition_fn=retry_transient,
+            tags=[GPU_TAG] if gpu else None,
         )
 
     return wrap

@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Literal
 
@@ -22,11 +23,19 @@ from prefect.cache_policies import NO_CACHE
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from hicra.data import Fields
-from hicra.evaluate import DEFAULT_MAX_NEW_TOKENS, EvalSample, Suite, evaluate_suite, load_suite, suite_settings
+from hicra.evaluate import (
+    DEFAULT_MAX_NEW_TOKENS,
+    EvalSample,
+    Suite,
+    SuiteSettings,
+    evaluate_suite,
+    load_suite,
+    suite_settings,
+)
 from hicra.generate import HFGenerator
-from schemas.config import EvalProtocol, RunConfig
+from schemas.config import GPU_TAG, EvalProtocol, RunConfig
 from schemas.tables import EvalResultRow, to_table
-from tasks.common import console, local_checkpoint, open_warehouse
+from tasks.common import console, local_checkpoint, open_warehouse, run_stage
 from tasks.stages import _verifier
 from warehouse.catalog import query
 from warehouse.store import Warehouse
@@ -138,8 +147,51 @@ def _rows(checkpoint: Checkpoint, digest: str, samples: list[EvalSample], suite:
     ]
 
 
+def eval_stage(suite: str, protocol_hash: str) -> str:
+    """The commit stage name of one suite's evaluation under one protocol."""
+    return f"eval-{suite}-{protocol_hash}"
+
+
+def pending_eval_stages(config: RunConfig, iteration: int) -> list[str]:
+    """The eval stages of the run's `eval` section that iteration `iteration` has not committed yet."""
+    store, ev = open_warehouse(config), config.eval
+    stages = [
+        eval_stage(suite.name, suite_settings(ev.protocol, suite, config.rollout.max_new_tokens).digest())
+        for suite in (load_suite(spec, ev.limit) for spec in ev.suites)
+    ]
+    return [stage for stage in stages if not store.is_committed(config.run.id, iteration, stage)]
+
+
 def _advance(bar: Progress, job: TaskID, done: int) -> None:
     bar.update(job, completed=done)
+
+
+def _evaluate_suite(
+    store: Warehouse,
+    checkpoint: Checkpoint,
+    suite: Suite,
+    settings: SuiteSettings,
+    generator: Callable[[], HFGenerator],
+    batch_size: int,
+    verifier_workers: int,
+    verifier_timeout_s: float,
+) -> str:
+    """Evaluate one checkpoint on one suite and commit the results; returns a one-line report."""
+    verifier = _verifier(verifier_workers, verifier_timeout_s, settings.fallbacks)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        job = bar.add_task(f"{checkpoint.id} {suite.name}", total=len(suite.problems) * settings.samples)
+        progress = partial(_advance, bar, job)
+        samples = evaluate_suite(generator(), verifier, suite, settings, checkpoint.id, batch_size, progress)
+    digest = settings.digest()
+    table = to_table(EvalResultRow, _rows(checkpoint, digest, samples, suite.name))
+    info = {"checkpoint_path": checkpoint.path, "protocol": asdict(settings)}
+    store.commit_stage(
+        checkpoint.run_id, checkpoint.iteration, eval_stage(suite.name, digest), {"eval_results": table}, info
+    )
+    _warn_if_mostly_not_ok(samples, f"{checkpoint.id} on {suite.name}")
+    accuracy = sum(s.result.reward for s in samples) / len(samples)
+    return f"avg@{settings.samples} {accuracy:.3f}, {len(samples)} samples"
 
 
 def _evaluate(
@@ -151,34 +203,33 @@ def _evaluate(
     verifier_workers: int,
     verifier_timeout_s: float,
 ) -> list[dict]:
-    """Evaluate one checkpoint on each suite not yet committed under this protocol; returns every (suite, hash) key."""
-    keys, generator = [], None
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    """Evaluate one checkpoint on each suite not yet committed under this protocol (each suite one stage attempt, see
+    `run_stage`); returns every (suite, hash) key."""
+    keys = []
+    generator = cache(lambda: HFGenerator(_local_folder(store, checkpoint)))  # loaded once, if a suite needs it
     for suite in suites:
         settings = suite_settings(protocol, suite, checkpoint.max_new_tokens)
         digest = settings.digest()
-        stage = f"eval-{suite.name}-{digest}"
+        stage = eval_stage(suite.name, digest)
         keys.append({"checkpoint_id": checkpoint.id, "suite": suite.name, "protocol_hash": digest})
-        if store.is_committed(checkpoint.run_id, checkpoint.iteration, stage):
+        work = partial(
+            _evaluate_suite, store, checkpoint, suite, settings, generator, batch_size, verifier_workers,
+            verifier_timeout_s,
+        )  # fmt: skip
+        report = run_stage(store, checkpoint.run_id, checkpoint.iteration, stage, work)
+        if report is None:
             console.print(f"  [dim]{checkpoint.id} {suite.name}: evaluated before ({stage}), skipped[/dim]")
-            continue
-        store.discard_uncommitted(checkpoint.run_id, checkpoint.iteration, stage)
-        generator = generator or HFGenerator(_local_folder(store, checkpoint))
-        verifier = _verifier(verifier_workers, verifier_timeout_s, settings.fallbacks)
-        with Progress(*columns, console=console, transient=True) as bar:
-            job = bar.add_task(f"{checkpoint.id} {suite.name}", total=len(suite.problems) * settings.samples)
-            progress = partial(_advance, bar, job)
-            samples = evaluate_suite(generator, verifier, suite, settings, checkpoint.id, batch_size, progress)
-        table = to_table(EvalResultRow, _rows(checkpoint, digest, samples, suite.name))
-        info = {"checkpoint_path": checkpoint.path, "protocol": asdict(settings)}
-        store.commit_stage(checkpoint.run_id, checkpoint.iteration, stage, {"eval_results": table}, info)
-        _warn_if_mostly_not_ok(samples, f"{checkpoint.id} on {suite.name}")
-        accuracy = sum(s.result.reward for s in samples) / len(samples)
-        console.print(f"  {checkpoint.id} {suite.name}: avg@{settings.samples} {accuracy:.3f}, {len(samples)} samples")
+        else:
+            console.print(f"  {checkpoint.id} {suite.name}: {report}")
     return keys
 
 
-@task(name="evaluate-checkpoint", task_run_name="eval-{checkpoint.run_id}-i{checkpoint.iteration}", **EVAL_TASK)
+@task(
+    name="evaluate-checkpoint",
+    task_run_name="eval-{checkpoint.run_id}-i{checkpoint.iteration}",
+    tags=[GPU_TAG],
+    **EVAL_TASK,
+)
 def evaluate_checkpoint(
     warehouse: str,
     checkpoint: Checkpoint,
@@ -193,7 +244,7 @@ def evaluate_checkpoint(
     return _evaluate(store, checkpoint, suites, protocol, batch_size, verifier_workers, verifier_timeout_s)
 
 
-@task(name="evaluate-iteration", task_run_name="{config.run.id}-i{iteration}-eval", **EVAL_TASK)
+@task(name="evaluate-iteration", task_run_name="{config.run.id}-i{iteration}-eval", tags=[GPU_TAG], **EVAL_TASK)
 def evaluate_iteration(config: RunConfig, iteration: int) -> list[dict]:
     """Training's periodic evaluation: the iteration's checkpoint on the run's `eval` suites and protocol."""
     store, ev = open_warehouse(config), config.eval

@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 
 from hicra.cache import resolve_model_path
 from hicra.core_algos import AdvantageConfig, group_advantage
-from hicra.data import load_training_problems, prompts_for_iteration
+from hicra.data import DataError, data_position, load_training_problems, prompts_for_iteration
 from hicra.generate import Generator, HFGenerator, VLLMGenerator, derive_seed
 from hicra.grams import GramMatcher, annotate, grams_version
 from hicra.metrics import conditional_entropy, fork_overlap, semantic_entropy, token_class_stats
@@ -60,11 +60,32 @@ def prepare_policy(config: RunConfig) -> str:
     return str(path)
 
 
-@stage_task("rollout")
+def _data_position(config: RunConfig, dataset_size: int, iteration: int) -> dict:
+    """Where iteration `iteration` starts reading the training prompts (hicra.data.data_position)."""
+    run = config.run
+    return data_position(dataset_size, config.rollout.prompts_per_iteration, run.id, run.seed, iteration)
+
+
+def _check_data_position(store: Warehouse, config: RunConfig, iteration: int, dataset_size: int) -> None:
+    """The data position saved with the previous checkpoint must be the one (run, iteration, seed) give now: else
+    the dataset changed size since, and the run would not draw the prompts its first start would have."""
+    saved = store.read_commit(config.run.id, iteration - 1, "update") if iteration > 0 else None
+    expected = _data_position(config, dataset_size, iteration)
+    position = saved.info.get("data_position") if saved else None
+    if position is not None and {k: position[k] for k in expected} != expected:
+        raise DataError(
+            f"run {config.run.id!r} iteration {iteration}: the checkpoint of iteration {iteration - 1} saved data "
+            f"position {position['cursor']} of {position['dataset_size']} prompts, but the dataset now has "
+            f"{dataset_size} prompts (it changed since the run started); use a new run id"
+        )
+
+
+@stage_task("rollout", gpu=True)
 def rollout(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: str) -> str:
     """Sample G responses for each of the iteration's prompts with the previous iteration's policy."""
     run, ro = config.run, config.rollout
     problems = load_training_problems(config.data, run.seed)
+    _check_data_position(store, config, iteration, len(problems))
     prompts = prompts_for_iteration(problems, ro.prompts_per_iteration, run.id, run.seed, iteration)
     generator = _generator(ro, policy_dir(store, config, iteration, base_model_dir))
     texts = [
@@ -199,7 +220,7 @@ def _by_rollout(table: pa.Table, column: str) -> dict:
     return dict(zip(data["rollout_id"], data[column], strict=True))
 
 
-@stage_task("update")
+@stage_task("update", gpu=True)
 def update(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: str) -> str:
     """Compute advantages and run the DeepSpeed policy update; save the checkpoint and its HF export."""
     run, algo = config.run, config.algorithm
@@ -207,6 +228,10 @@ def update(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: 
     ids = rollouts["rollout_id"]
     reward = _by_rollout(store.read_table("scores", run.id, iteration), "reward")
     planning = _by_rollout(store.read_table("planning", run.id, iteration), "planning_mask")
+    # saved with the checkpoint: the next iteration's data position, and the prompts this iteration consumed
+    consumed = [p for p, s in zip(rollouts["prompt_id"], rollouts["sample_index"], strict=True) if s == 0]
+    dataset_size = len(load_training_problems(config.data, run.seed))
+    position = {**_data_position(config, dataset_size, iteration + 1), "consumed_prompt_ids": consumed}
     final = store.checkpoint_dir(run.id, iteration)
     with store.local_staging(run.id, iteration, "update") as staging:
         request = UpdateRequest(
@@ -229,10 +254,11 @@ def update(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: 
             ),
             trainer=_update_config(config, iteration),
             dynamic_sampling=algo.dynamic_sampling,
-            client_state={"run_id": run.id, "iteration": iteration},
+            client_state={"run_id": run.id, "iteration": iteration, "data_position": position},
         )
         processes = config.trainer.num_processes
         result = run_update(request) if processes == 1 else run_update_distributed(request, processes, staging)
+        store.remove(final)  # a killed attempt may have placed its checkpoint there, uncommitted
         store.put_dir(staging / "checkpoint", final)  # renamed into place, or uploaded before the commit
 
     lengths = result.response_mask.sum(-1).long().tolist()
@@ -272,7 +298,7 @@ def update(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: 
         "checkpoints": to_table(CheckpointRow, [checkpoint]),
         "metrics": _metrics_table(config, iteration, "update", metrics),
     }
-    store.commit_stage(run.id, iteration, "update", tables)
+    store.commit_stage(run.id, iteration, "update", tables, {"data_position": position})
     loss = sum(s.loss for s in steps) / max(len(steps), 1)
     return f"{len(steps)} optimizer steps, loss {loss:.4f}"
 

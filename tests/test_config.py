@@ -57,6 +57,13 @@ def test_hash_ignores_length_and_location_but_not_algorithm():
     other = load_config(None, **{"algorithm.alpha": 0.1})
     assert base.config_hash() == longer.config_hash()
     assert base.config_hash() != other.config_hash()
+    elsewhere = load_config(None, **{"orchestration.stage_deployments": {"rollout": "hicra-stage/gpu"}})
+    assert elsewhere.config_hash() == base.config_hash()  # where a stage runs never changes what it computes
+
+
+def test_stage_deployments_name_known_stages():
+    with pytest.raises(ConfigError, match=r"orchestration\.stage_deployments\.generate"):
+        load_config(None, **{"orchestration.stage_deployments": {"generate": "hicra-stage/gpu"}})
 
 
 def test_set_overrides_parse_yaml_values_and_name_bad_fields():

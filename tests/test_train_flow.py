@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
+import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,17 +15,22 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 
 from flows.cli import main as hicra_main
 from flows.train import train
+from hicra.data import DataError, data_position, prompts_for_iteration
+from hicra.trainer import CHECKPOINT_TAG
 from schemas.config import load_config
 from tasks.common import RunConfigMismatch
+from tasks.stages import _check_data_position, _load_prompts
 from tests.conftest import ROOT, child_env, small_config
 from warehouse.catalog import query
-from warehouse.store import Warehouse
+from warehouse.store import Busy, Warehouse
 
 PER_TOKEN = ["rollouts", "scores", "planning", "advantages"]
+TABLES = [*PER_TOKEN, "train_steps", "checkpoints", "metrics", "eval_results"]
 
 
 def write_config(path: Path, config: dict) -> Path:
@@ -34,9 +43,17 @@ def trained(small_run):
     return small_run
 
 
-def table_rows(root: Path, table: str, drop: tuple[str, ...] = ("verify_seconds", "created_at")) -> list[dict]:
-    rows = query(root, f"select * from {table} order by all").to_pylist()
+def table_rows(
+    root: Path, table: str, drop: tuple[str, ...] = ("verify_seconds", "created_at"), where: str = "true"
+) -> list[dict]:
+    rows = query(root, f"select * from {table} where {where} order by all").to_pylist()
     return [{k: v for k, v in row.items() if k not in drop} for row in rows]
+
+
+def assert_same_warehouse(root: Path, baseline: Path, where: str = "true", context: str = "") -> None:
+    """Every table of `root` holds the same rows and values as `baseline`'s (timings and timestamps aside)."""
+    for table in TABLES:
+        assert table_rows(root, table, where=where) == table_rows(baseline, table, where=where), f"{table} {context}"
 
 
 def test_every_stage_commits_one_copy_of_every_row(trained):
@@ -136,47 +153,125 @@ def _wait_for(folder: Path, pattern: str, process: subprocess.Popen, timeout: fl
     while not any(folder.glob(pattern)):
         assert process.poll() is None, "the run ended before the stage started"
         assert time.monotonic() < deadline, "timed out waiting for the stage to start"
-        time.sleep(0.02)
+        time.sleep(0.01)
 
 
-def test_sigkill_inside_stages_then_resume_equals_uninterrupted_run(trained, tmp_path, prefect_server):
-    """Kill the CLI with SIGKILL inside verify, update and rollout in turn; the resumed run equals the baseline."""
+def _stage_seconds(root: Path) -> dict[tuple[int, str], float]:
+    """(iteration, stage) -> seconds its committed attempt took (eval stages as `eval`), from the attempt records."""
+    seconds = {}
+    for a in Warehouse(root).attempts():
+        if a["status"] == "ok":
+            took = dt.datetime.fromisoformat(a["ended_at"]) - dt.datetime.fromisoformat(a["started_at"])
+            seconds[(a["iteration"], a["stage"].split("-")[0])] = took.total_seconds()
+    return seconds
+
+
+def _committed(store: Warehouse, iteration: int, stage: str) -> bool:
+    return any(Path(store.path("_commits", "run_id=t", f"iteration={iteration}")).glob(f"{stage}*.json"))
+
+
+# (iteration, stage) killed in turn, each in its own start of the run; the last start resumes to the end
+KILLS = [(0, "verify"), (0, "annotate"), (0, "update"), (0, "eval"), (1, "rollout")]
+EVAL = {"every": 1, "suites": ["synthetic:8"]}
+
+
+def test_sigkill_inside_every_stage_then_resume_equals_uninterrupted_run(trained, tmp_path, prefect_server):
+    """Kill the CLI with SIGKILL inside each stage in turn (rollout, verify, annotate, update, eval), at a random
+    point within the stage's duration in the uninterrupted run; the resumed run's warehouse equals that run's.
+
+    Replay a failure with HICRA_KILL_SEED=<seed from the message>. While the last start resumes, a second start of
+    the run is refused (the run lock).
+    """
     baseline_root, baseline_config, _ = trained
+    raw = yaml.safe_load(baseline_config.read_text())
+    # the uninterrupted run with evaluation: the baseline, evaluated (eval reads checkpoints and never changes them)
+    baseline = Path(shutil.copytree(baseline_root, tmp_path / "baseline"))
+    train(config_path=str(write_config(tmp_path / "baseline.yaml", {**raw, "eval": EVAL, "run": {
+        **raw["run"], "warehouse": str(baseline)}})))  # fmt: skip
+    seconds = _stage_seconds(baseline)
     root = tmp_path / "wh"
-    config = write_config(tmp_path / "run.yaml", {**yaml.safe_load(baseline_config.read_text()), "run": {
-        **yaml.safe_load(baseline_config.read_text())["run"], "warehouse": str(root)}})  # fmt: skip
+    config = write_config(tmp_path / "run.yaml", {**raw, "eval": EVAL, "run": {**raw["run"], "warehouse": str(root)}})
     store = Warehouse(root)
     env = child_env(PREFECT_API_URL=prefect_server, HICRA_DEBUG="1")
     command = [sys.executable, "-m", "flows.cli", "train", "--config", str(config)]
-    # (iteration, stage, seconds after the stage's attempt started): the kill lands inside that stage
-    kills = [(0, "verify", 0.2), (0, "update", 0.3), (1, "rollout", 0.3)]
-    for iteration, stage, delay in kills:
+    seed = int(os.environ.get("HICRA_KILL_SEED", random.randrange(2**32)))
+    rng = random.Random(seed)
+    # at most half the stage's shortest duration in the baseline: timings swing on a busy machine
+    plan = [
+        (i, stage, rng.uniform(0, 0.5) * min(s for (_, n), s in seconds.items() if n == stage)) for i, stage in KILLS
+    ]
+    replay = f"HICRA_KILL_SEED={seed}, kills (iteration, stage, seconds into the stage): {plan}"
+    for iteration, stage, delay in plan:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         attempts = root / "_attempts" / "run_id=t" / f"iteration={iteration}"
         try:
             _wait_for(attempts, f"{stage}-*.json", process)
             time.sleep(delay)
-            assert not store.is_committed("t", iteration, stage), f"{stage} finished before the kill: lower the delay"
             process.send_signal(signal.SIGKILL)
         finally:
             process.wait()
-    resumed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    for table in PER_TOKEN:
-        assert table_rows(root, table) == table_rows(baseline_root, table), table
-    drop = ("created_at", "hf_path", "deepspeed_path")
-    assert table_rows(root, "checkpoints", drop) == table_rows(baseline_root, "checkpoints", drop)
-    assert len(table_rows(root, "train_steps")) == len(table_rows(baseline_root, "train_steps"))
+        assert not _committed(store, iteration, stage), f"the kill landed after {stage} committed; {replay}"
+    resumed = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lock = root / "_locks" / "t.lock"
+    deadline = time.monotonic() + 300
+    while f"pid {resumed.pid} " not in lock.read_text() and resumed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the resumed run holds the run lock
+    with pytest.raises(Busy, match=rf"run 't' is already running.*held by host \S+ pid {resumed.pid} "):
+        train(config_path=str(config))
+    _, stderr = resumed.communicate()
+    assert resumed.returncode == 0, stderr[-3000:]
+    assert_same_warehouse(root, baseline, context=replay)
+    assert query(root, "select count(*) n from eval_results").to_pylist() == [{"n": 16}]  # 8 problems, 2 checkpoints
     assert not list((root / "_staging").rglob("*.parquet"))
-    interrupted = query(root, "select iteration, stage from stage_attempts where status = 'interrupted' order by all")
-    assert interrupted.to_pylist() == [
-        {"iteration": 0, "stage": "update"},
-        {"iteration": 0, "stage": "verify"},
-        {"iteration": 1, "stage": "rollout"},
-    ]
+    interrupted = query(root, "select iteration, split_part(stage, '-', 1) s from stage_attempts "
+                              "where status = 'interrupted' order by all")  # fmt: skip
+    assert [(r["iteration"], r["s"]) for r in interrupted.to_pylist()] == sorted(KILLS), replay
     for commit in store.commits():
         for f in commit.files:
             assert pq.read_metadata(root / f["path"]).num_rows == f["rows"]
+    for iteration in (0, 1):  # the resumed run saved the same data position with its checkpoints
+        assert _data_position(root, iteration) == _data_position(baseline, iteration)
+
+
+def _data_position(root: Path, iteration: int) -> dict:
+    """The data position saved in the DeepSpeed checkpoint of `iteration` (its client state); the update's commit
+    record holds the same."""
+    folder = Warehouse(root).checkpoint_dir("t", iteration)
+    path = Path(folder, "deepspeed", CHECKPOINT_TAG, "mp_rank_00_model_states.pt")
+    position = torch.load(path, map_location="cpu", weights_only=False)["data_position"]
+    assert Warehouse(root).read_commit("t", iteration, "update").info["data_position"] == position
+    return position
+
+
+def test_checkpoint_saves_the_next_data_position(trained):
+    """Each checkpoint saves where the next iteration reads the dataset and which prompts its own iteration used;
+    the prompts of iteration i are a function of (run, i, seed): recomputed from the position, they are the run's."""
+    root, config, _ = trained
+    dataset = _load_prompts(load_config(config))  # the small config: 5000 synthetic prompts, 8 per iteration
+    prompts = {
+        r["iteration"]: r["ids"]
+        for r in query(
+            root,
+            "select iteration, list(prompt_id order by group_index) ids from rollouts "
+            "where sample_index = 0 group by 1",
+        ).to_pylist()
+    }
+    for iteration in (0, 1):
+        position = _data_position(root, iteration)
+        assert position == {**data_position(5000, 8, "t", 0, iteration + 1), "consumed_prompt_ids": prompts[iteration]}
+        assert position["cursor"] == 8 * (iteration + 1) and position["epoch"] == 0
+    assert len(dataset) == 5000
+    for iteration in (0, 1):
+        assert [p.id for p in prompts_for_iteration(dataset, 8, "t", 0, iteration)] == prompts[iteration]
+
+
+def test_changed_dataset_size_is_refused_at_the_next_rollout(trained):
+    """A dataset that changed size since the checkpoint was saved would move every later iteration's prompts."""
+    root, config, _ = trained
+    run_config = load_config(config)
+    _check_data_position(Warehouse(root), run_config, 1, 5000)  # unchanged: fine
+    with pytest.raises(DataError, match=r"saved data position 8 of 5000 prompts, but the dataset now has 4999"):
+        _check_data_position(Warehouse(root), run_config, 1, 4999)
 
 
 def test_runs_and_status_commands(trained, capsys):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
 import pytest
 
 from schemas.tables import TABLES, RolloutRow, ScoreRow, arrow_schema, to_table
+from tests.conftest import ROOT
 from warehouse.catalog import connect, init_sql
-from warehouse.store import AlreadyCommitted, Warehouse
+from warehouse.store import AlreadyCommitted, Busy, Warehouse
 
 
 def rollout(run: str, iteration: int, group: int, sample: int) -> RolloutRow:
@@ -99,3 +102,24 @@ def test_frozen_config_roundtrip(tmp_path):
     assert store.frozen_config("r") is None
     store.freeze_config("r", "a: 1\n", "abc")
     assert store.frozen_config("r") == ("a: 1\n", "abc")
+
+
+def test_lock_refuses_a_second_holder_and_a_killed_holder_frees_it(tmp_path):
+    store = Warehouse(tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from warehouse.store import Warehouse\n"
+         f"with Warehouse({str(tmp_path)!r}).lock('r', 0, 'verify'):\n print('held', flush=True); time.sleep(600)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        busy = rf"stage busy: .*_locks/r/0/verify\.lock is held by host \S+ pid {holder.pid} since "
+        with pytest.raises(Busy, match=busy), store.lock("r", 0, "verify", what="stage busy"):
+            pass
+        with store.lock("r", 1, "verify"):  # another name: free
+            pass
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops its lock
+        holder.wait()
+    with store.lock("r", 0, "verify"):
+        pass

@@ -3,6 +3,7 @@
     <root>/<table>/run_id=<run>/iteration=<i>/<stage>-<attempt>.parquet
     <root>/_commits/run_id=<run>/iteration=<i>/<stage>.json      written last: the only proof a stage is done
     <root>/_staging/...                                          files being written (never read)
+    <root>/_attempts/..., <root>/_locks/...                       attempt records; locks of running runs and stages
     <root>/checkpoints/<run>/iteration=<i>/{hf,deepspeed}        policy checkpoints
     <root>/runs/<run>/config.yaml                                the frozen config; its hash guards resume
 
@@ -22,6 +23,7 @@ let `verify` prove each named file is the one written.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
@@ -77,6 +79,10 @@ class Sweep:
 
 class AlreadyCommitted(RuntimeError):
     """A stage that is already committed was asked to write again."""
+
+
+class Busy(RuntimeError):
+    """Another live process holds the lock of a run or a stage (the message names its host, PID and start)."""
 
 
 @dataclass(frozen=True)
@@ -311,6 +317,39 @@ class Warehouse:
                 if not target.is_dir():
                     raise
         return target
+
+    # ---- locks --------------------------------------------------------------------------------------------------
+    @contextmanager
+    def lock(self, *name: str | int, what: str = "locked") -> Iterator[None]:
+        """Hold `<root>/_locks/<name...>.lock` exclusively, or at once raise `Busy`: `what`, and who holds it.
+
+        An OS file lock (flock): the kernel drops it when the holder exits, even by SIGKILL, so a killed run is never
+        locked out of its resume; on shared storage it needs a file system with working flock (NFSv4, Lustre with
+        `-o flock`). Object storage has no locks: for a remote root they are local files, which guard this machine only.
+        """
+        path = self._lock_folder().joinpath(*map(str, name[:-1]), f"{name[-1]}.lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                raise Busy(f"{what}: {path} is held by {fh.read().strip() or 'another process'}") from None
+            fh.truncate(0)
+            fh.write(f"host {socket.gethostname()} pid {os.getpid()} since {dt.datetime.now(dt.UTC).isoformat()}")
+            fh.flush()
+            try:
+                yield
+            finally:
+                fh.truncate(0)
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _lock_folder(self) -> Path:
+        """`<root>/_locks` on a folder root; for a remote root a local folder named by the root's URL."""
+        if self.local:
+            return Path(self.root) / "_locks"
+        cache = Path(os.environ.get("HICRA_CACHE") or Path.home() / ".cache" / "hicra")
+        return cache / "locks" / hashlib.sha256(self.url.encode()).hexdigest()[:16]
 
     # ---- attempts -----------------------------------------------------------------------------------------------
     def start_attempt(self, run_id: str, iteration: int, stage: str) -> str:
