@@ -1,7 +1,7 @@
 """Bench: rollout generation throughput of the two backends, transformers (`HFGenerator`) and vLLM (`VLLMGenerator`).
 
     python bench/generation.py [--model HF_FOLDER] [--prompts 8] [--group 4] [--max-new-tokens 128]
-                               [--vllm-python .venv-vllm/bin/python]
+                               [--vllm-python .venv-vllm/bin/python] [--no-enforce-eager]
 
 Samples the same requests (prompts x group, per-sample seeds, temperature 1) with both backends on the CPU in one
 run and prints, per backend, the model load time (vLLM: worker process and engine start), the generation time,
@@ -31,6 +31,9 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"))
+    parser.add_argument(
+        "--enforce-eager", action=argparse.BooleanOptionalAction, default=True, help="vLLM without torch.compile"
+    )
     args = parser.parse_args()
     model = args.model or build_tiny_policy()
     problems = synthetic_problems(args.prompts, seed=0)
@@ -44,7 +47,9 @@ def main() -> None:
         if name == "hf":
             generator = HFGenerator(model)
         else:
-            generator = VLLMGenerator(model, python=args.vllm_python, env=rollout.worker_env)
+            generator = VLLMGenerator(
+                model, python=args.vllm_python, enforce_eager=args.enforce_eager, env=rollout.worker_env
+            )
         prompts = generator.encode_prompts([render_prompt(p["problem"], generator.tokenizer) for p in problems])
         loaded = time.perf_counter()
         out: list[Generation] = generator.generate(
