@@ -338,6 +338,19 @@ class OrchestrationSection(Section):
     )
 
 
+NOT_HASHED = (
+    "run.iterations",
+    "run.warehouse",
+    "eval",  # evaluation reads checkpoints; it never changes them
+    "orchestration",  # where and how long stages run
+    "rollout.python",
+    "rollout.gpu_memory_utilization",
+    "rollout.worker_timeout_s",
+)
+"""Config fields (or whole sections) that say how long a run goes, where it runs or is stored, never what it
+computes: a run resumes with other values of these without `--force`."""
+
+
 class RunConfig(Section):
     run: RunSection = Field(default_factory=RunSection)
     model: ModelSection = Field(default_factory=ModelSection)
@@ -352,12 +365,14 @@ class RunConfig(Section):
     orchestration: OrchestrationSection = Field(default_factory=OrchestrationSection)
 
     def config_hash(self) -> str:
-        """Hash of every field that changes what a run computes (not its length or where it is stored)."""
+        """Hash of every field that changes what a run computes (not `NOT_HASHED`: its length, where it runs)."""
         data = self.model_dump(mode="json")
-        data["run"].pop("iterations")
-        data["run"].pop("warehouse")
-        data.pop("eval")  # evaluation reads checkpoints; it never changes them
-        data.pop("orchestration")  # where and how long stages run, not what they compute
+        for dotted in NOT_HASHED:
+            *parents, leaf = dotted.split(".")
+            node = data
+            for key in parents:
+                node = node[key]
+            node.pop(leaf)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from hicra.cache import default_cache_dir
 from hicra.data import DataError
-from schemas.config import GPU_TAG, ConfigError, RunConfig
+from schemas.config import GPU_TAG, NOT_HASHED, ConfigError, RunConfig
 from warehouse.store import AlreadyCommitted, Busy, Warehouse
 
 console = Console(highlight=False)
@@ -147,5 +147,8 @@ def _changed_fields(old_yaml: str, new_yaml: str) -> list[str]:
         return {prefix.rstrip("."): node}
 
     old, new = flat(yaml.safe_load(old_yaml)), flat(yaml.safe_load(new_yaml))
-    ignored = {"run.iterations", "run.warehouse"}
-    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in ignored)
+
+    def hashed(key: str) -> bool:
+        return not any(key == field or key.startswith(f"{field}.") for field in NOT_HASHED)
+
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and hashed(k))

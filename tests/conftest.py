@@ -17,7 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # A policy small enough to warm up in seconds; rarely right, so `small_config` adds length shaping for reward variance.
 TEST_MODEL = {
-    "hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 256, "warmup_steps": 150, "batch_size": 32,
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_heads": 2,
+    "intermediate_size": 256,
+    "warmup_steps": 150,
+    "batch_size": 32,
     "lr": 3e-3,
 }  # fmt: skip  (every warm-up setting pinned: the demo defaults may change)
 

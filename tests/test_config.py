@@ -59,6 +59,9 @@ def test_hash_ignores_length_and_location_but_not_algorithm():
     assert base.config_hash() != other.config_hash()
     elsewhere = load_config(None, **{"orchestration.stage_deployments": {"rollout": "hicra-stage/gpu"}})
     assert elsewhere.config_hash() == base.config_hash()  # where a stage runs never changes what it computes
+    machine = load_config(None, **{"rollout.python": "/opt/vllm/bin/python", "rollout.worker_timeout_s": 60})
+    assert machine.config_hash() == base.config_hash()  # nor the interpreter that runs the vLLM worker
+    assert load_config(None, **{"rollout.temperature": 0.7}).config_hash() != base.config_hash()
 
 
 def test_stage_deployments_name_known_stages():
