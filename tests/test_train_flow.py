@@ -20,11 +20,11 @@ import yaml
 
 from flows.cli import main as hicra_main
 from flows.train import train
-from hicra.data import DataError, data_position, prompts_for_iteration
+from hicra.data import DataError, data_position, load_training_problems, prompts_for_iteration
 from hicra.trainer import CHECKPOINT_TAG
 from schemas.config import load_config
 from tasks.common import RunConfigMismatch
-from tasks.stages import _check_data_position, _load_prompts
+from tasks.stages import _check_data_position
 from tests.conftest import ROOT, child_env, small_config
 from warehouse.catalog import query
 from warehouse.store import Busy, Warehouse
@@ -247,7 +247,9 @@ def test_checkpoint_saves_the_next_data_position(trained):
     """Each checkpoint saves where the next iteration reads the dataset and which prompts its own iteration used;
     the prompts of iteration i are a function of (run, i, seed): recomputed from the position, they are the run's."""
     root, config, _ = trained
-    dataset = _load_prompts(load_config(config))  # the small config: 5000 synthetic prompts, 8 per iteration
+    run_config = load_config(config)
+    # the small config: 5000 synthetic prompts, 8 per iteration
+    dataset = load_training_problems(run_config.data, run_config.run.seed)
     prompts = {
         r["iteration"]: r["ids"]
         for r in query(
