@@ -264,7 +264,7 @@ def prompts_for_iteration(
     start = data_position(len(problems), count, run_id, seed, iteration)["cursor"]
     for position in range(start, start + count):
         epoch, offset = divmod(position, len(problems))
-        order = _epoch_order(len(problems), derive_seed("problems", run_id, seed, epoch))
+        order = _epoch_order(len(problems), derive_seed("prompts", run_id, seed, epoch))
         chosen.append(problems[int(order[offset])])
     return chosen
 
