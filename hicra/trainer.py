@@ -64,9 +64,9 @@ def init_distributed() -> None:
             os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
         os.environ.setdefault(key, value)
-    if os.environ["WORLD_SIZE"] == "1":
-        # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce op on init (about a minute, once per
-        # machine); with a single rank there is nothing to reduce, so skip it. Several ranks still build and use it.
+    if not torch.cuda.is_available():
+        # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce op on init (one to two minutes, once per
+        # machine); gloo's all-reduce serves the CPU path (one rank, or a few for tests) without it, so skip it.
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
 
