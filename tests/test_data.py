@@ -56,3 +56,12 @@ def test_iteration_prompts_are_deterministic_and_walk_epochs():
         prompts, 2, "run", 0, 4
     )
     assert sorted(p.id for p in epoch) == sorted(p.id for p in prompts)  # no repeats within an epoch
+
+
+def test_synthetic_prompt_order_is_pinned():
+    """The prompts of a (run, seed, iteration) never change between versions: a resumed or compared run relies on
+    them. (A refactor once renamed the seed's label and silently changed every run's prompts.)"""
+    problems = load_training_problems(DataSection(), seed=0)
+    chosen = prompts_for_iteration(problems, 8, "t", 0, 0)
+    assert [p.id for p in chosen[:3]] == ["synth-train-94", "synth-train-4326", "synth-train-1807"]
+    assert chosen[0].answer == "21"
