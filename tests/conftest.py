@@ -41,6 +41,16 @@ def child_env(**extra: str) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k not in rendezvous}, **extra}
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Build the test policy once, in the main process, before pytest-xdist's workers start: on a cold cache they
+    would each build it at the same time."""
+    if hasattr(config, "workerinput"):  # a worker: the main process built it
+        return
+    from hicra.tiny import build_tiny_policy
+
+    build_tiny_policy(**TEST_MODEL, seed=0)
+
+
 def small_config(warehouse: Path, run_id: str = "t", iterations: int = 2, **sections: dict) -> dict:
     """A run config (as a dict) for a 2-iteration run of the small test policy in `warehouse`."""
     config = {
