@@ -119,7 +119,8 @@ def rollout(store: Warehouse, config: RunConfig, iteration: int, base_model_dir:
         )
         for (g, s), seed, out in zip(jobs, seeds, outputs, strict=True)
     ]
-    store.commit_stage(run.id, iteration, "rollout", {"rollouts": to_table(RolloutRow, rows)})
+    info = {"dataset_size": len(problems)}  # for the data position the update saves (no second dataset load)
+    store.commit_stage(run.id, iteration, "rollout", {"rollouts": to_table(RolloutRow, rows)}, info)
     return f"{len(rows)} responses, {sum(r.response_length for r in rows)} tokens"
 
 
@@ -230,7 +231,9 @@ def update(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: 
     planning = _by_rollout(store.read_table("planning", run.id, iteration), "planning_mask")
     # saved with the checkpoint: the next iteration's data position, and the prompts this iteration consumed
     consumed = [p for p, s in zip(rollouts["prompt_id"], rollouts["sample_index"], strict=True) if s == 0]
-    dataset_size = len(load_training_problems(config.data, run.seed))
+    dataset_size = store.read_commit(run.id, iteration, "rollout").info.get("dataset_size")
+    if dataset_size is None:  # a rollout committed before rollouts recorded it
+        dataset_size = len(load_training_problems(config.data, run.seed))
     position = {**_data_position(config, dataset_size, iteration + 1), "consumed_prompt_ids": consumed}
     final = store.checkpoint_dir(run.id, iteration)
     with store.local_staging(run.id, iteration, "update") as staging:
