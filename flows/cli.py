@@ -61,6 +61,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "warehouse.cli",
     "flows.serve",
     "flows.report",
+    "flows.update_node",
 ]
 
 

@@ -3,6 +3,12 @@
 `run_update` does the work in this process (every rank runs it); `run_update_distributed` runs it on N ranks with
 torchrun (gloo on the CPU, NCCL on GPUs) and reads rank 0's result back. Both give the same parameters to float
 tolerance: each optimizer step's rows are split over ranks and losses keep the step's global normalisers.
+
+Several nodes (docs/multinode.md): node 0 (the process that runs the update stage) writes the request into a folder
+that every node sees at the same path and starts its torchrun with `--node_rank=0`, hosting torchrun's static
+rendezvous at `NodeLaunch.master`; each other node runs `follow_updates` (`hicra update-node`), which watches that
+folder and joins every new request with its own node rank. Every rank writes its share of the DeepSpeed checkpoint
+into the same shared folder and global rank 0 (on node 0) writes the result and the HF export there.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,23 +98,75 @@ def run_update(request: UpdateRequest) -> UpdateResult:
     )
 
 
-def run_update_distributed(request: UpdateRequest, num_processes: int, workdir: Path) -> UpdateResult:
-    """Run `run_update` on `num_processes` ranks with torchrun; raises with the ranks' output if any rank fails."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    request_path, result_path = workdir / "update-request.pt", workdir / "update-result.pt"
-    torch.save(request, request_path)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+REQUEST_FILE, RESULT_FILE = "update-request.pt", "update-result.pt"
+
+
+@dataclass(frozen=True)
+class NodeLaunch:
+    """One node's part in a multi-node update: torchrun's static rendezvous, served by node 0 at `master`."""
+
+    nodes: int
+    node_rank: int
+    master: str  # host:port of node 0, reachable from every node
+
+    def torchrun_args(self) -> list[str]:
+        host, _, port = self.master.rpartition(":")
+        return [f"--nnodes={self.nodes}", f"--node_rank={self.node_rank}", f"--master_addr={host}",
+                f"--master_port={port}"]  # fmt: skip
+
+
+def _torchrun(workdir: Path, num_processes: int, launch: NodeLaunch | None) -> subprocess.CompletedProcess:
+    """Run `python -m hicra.update` on this node's `num_processes` ranks over the request in `workdir`; one node on
+    a free local port unless `launch` says which node of several this is."""
+    if launch is None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            launch = NodeLaunch(1, 0, f"127.0.0.1:{sock.getsockname()[1]}")
     command = [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={num_processes}", "--master_addr=127.0.0.1",
-        f"--master_port={port}", "-m", "hicra.update", str(request_path), str(result_path),
+        sys.executable, "-m", "torch.distributed.run", *launch.torchrun_args(), f"--nproc_per_node={num_processes}",
+        "-m", "hicra.update", str(workdir / REQUEST_FILE), str(workdir / RESULT_FILE),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    return subprocess.run(command, env=env, capture_output=True, text=True)
+
+
+def run_update_distributed(
+    request: UpdateRequest, num_processes: int, workdir: Path, launch: NodeLaunch | None = None
+) -> UpdateResult:
+    """Run `run_update` on `num_processes` ranks with torchrun, on this node or, with `launch` (node rank 0), on
+    `launch.nodes` nodes whose followers watch `workdir`'s parent folders; raises with this node's output if it fails.
+
+    The request is renamed into place complete, so a follower never reads half a file."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    partial = workdir / f".{REQUEST_FILE}.tmp"
+    torch.save(request, partial)
+    os.replace(partial, workdir / REQUEST_FILE)
+    done = _torchrun(workdir, num_processes, launch)
     if done.returncode != 0:
-        raise RuntimeError(f"the {num_processes}-rank update failed:\n{(done.stdout + done.stderr)[-4000:]}")
-    return torch.load(result_path, weights_only=False)
+        what = f"{launch.nodes}-node " if launch else ""
+        raise RuntimeError(f"the {what}{num_processes}-rank update failed:\n{(done.stdout + done.stderr)[-4000:]}")
+    return torch.load(workdir / RESULT_FILE, weights_only=False)
+
+
+def follow_updates(
+    watch: Path, num_processes: int, launch: NodeLaunch, once: bool = False, poll_s: float = 1.0
+) -> None:
+    """A follower node (rank >= 1): join every update request that appears under `watch` (at any depth) with this
+    node's ranks, until interrupted, or after one with `once`. A request already answered (its result exists) or
+    already joined is skipped; a failed join is reported and the follower goes on (node 0's stage retries)."""
+    joined: set[Path] = set()
+    while True:
+        for request in sorted(watch.rglob(REQUEST_FILE)):
+            if request in joined or (request.parent / RESULT_FILE).exists():
+                continue
+            joined.add(request)
+            print(f"node {launch.node_rank}: joining the update of {request.parent}", flush=True)
+            done = _torchrun(request.parent, num_processes, launch)
+            if done.returncode != 0:
+                print(f"node {launch.node_rank}: the update failed:\n{(done.stdout + done.stderr)[-4000:]}", flush=True)
+            if once:
+                return
+        time.sleep(poll_s)
 
 
 def main(argv: list[str]) -> None:

@@ -229,6 +229,31 @@ class AlgorithmSection(Section):
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="Per-token KL estimator.")
 
 
+class NodesSection(Section):
+    """The nodes of a multi-node update (docs/multinode.md): node 0 runs the update stage, every other node runs
+    `hicra update-node` (a follower) with its own node rank; each node starts `trainer.num_processes` ranks."""
+
+    count: int = Field(1, ge=1, description="Nodes of the update; more than 1 launches torchrun on each of them.")
+    master: str | None = Field(
+        None,
+        pattern=r"^[^\s:]+:[0-9]+$",
+        description="`host:port` of node 0 as the other nodes reach it: torchrun's static rendezvous (node 0 serves "
+        "it). Required when count > 1.",
+    )
+    shared_dir: str | None = Field(
+        None,
+        description="A folder at the same path on every node (a shared file system): node 0 puts each update's request "
+        "there, followers watch it, every rank writes its share of the DeepSpeed checkpoint into it. Default: the "
+        "warehouse's `_staging` folder (a folder root that every node mounts at the same path).",
+    )
+
+    @model_validator(mode="after")
+    def _master_for_nodes(self) -> NodesSection:
+        if self.count > 1 and not self.master:
+            raise ValueError("trainer.nodes.master (host:port of node 0) is required when trainer.nodes.count > 1")
+        return self
+
+
 class TrainerSection(Section):
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the policy update.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
@@ -238,8 +263,11 @@ class TrainerSection(Section):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage.")
     num_processes: int = Field(
-        1, ge=1, description="Data-parallel ranks of the update; more than 1 launches them with torchrun (gloo on CPU)."
+        1,
+        ge=1,
+        description="Update ranks per node (data parallel); more than 1 launches them with torchrun (gloo on CPU).",
     )
+    nodes: NodesSection = Field(default_factory=NodesSection)
     precision: Literal["fp32", "bf16", "auto"] = Field(
         "fp32",
         description="`fp32`; `bf16` (DeepSpeed bf16 with fp32 master weights; refused where no CUDA device supports "
@@ -346,6 +374,8 @@ NOT_HASHED = (
     "rollout.python",
     "rollout.gpu_memory_utilization",
     "rollout.worker_timeout_s",
+    "trainer.nodes.master",
+    "trainer.nodes.shared_dir",
 )
 """Config fields (or whole sections) that say how long a run goes, where it runs or is stored, never what it
 computes: a run resumes with other values of these without `--force`."""

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,9 +28,9 @@ from hicra.rewards import RewardConfig, shaped_reward
 from hicra.smollm2 import smollm2_policy
 from hicra.tiny import build_tiny_policy
 from hicra.trainer import UpdateConfig
-from hicra.update import UpdateRequest, run_update, run_update_distributed
+from hicra.update import NodeLaunch, UpdateRequest, run_update, run_update_distributed
 from hicra.verifier import Verifier
-from schemas.config import RolloutSection, RunConfig
+from schemas.config import ConfigError, RolloutSection, RunConfig
 from schemas.tables import (
     AdvantageRow,
     CheckpointRow,
@@ -236,7 +240,8 @@ def update(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: 
         dataset_size = len(load_training_problems(config.data, run.seed))
     position = {**_data_position(config, dataset_size, iteration + 1), "consumed_prompt_ids": consumed}
     final = store.checkpoint_dir(run.id, iteration)
-    with store.local_staging(run.id, iteration, "update") as staging:
+    nodes = config.trainer.nodes
+    with _update_staging(store, config, iteration) as staging:
         request = UpdateRequest(
             base_model_dir=base_model_dir,
             resume_from=str(local_checkpoint(store, run.id, iteration - 1, "deepspeed")) if iteration > 0 else None,
@@ -259,8 +264,13 @@ def update(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: 
             dynamic_sampling=algo.dynamic_sampling,
             client_state={"run_id": run.id, "iteration": iteration, "data_position": position},
         )
-        processes = config.trainer.num_processes
-        result = run_update(request) if processes == 1 else run_update_distributed(request, processes, staging)
+        processes, launch = config.trainer.num_processes, None
+        if nodes.count > 1:
+            launch = NodeLaunch(nodes.count, 0, nodes.master)
+        if processes == 1 and launch is None:
+            result = run_update(request)
+        else:
+            result = run_update_distributed(request, processes, staging, launch)
         store.remove(final)  # a killed attempt may have placed its checkpoint there, uncommitted
         store.put_dir(staging / "checkpoint", final)  # renamed into place, or uploaded before the commit
 
@@ -304,6 +314,25 @@ def update(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: 
     store.commit_stage(run.id, iteration, "update", tables, {"data_position": position})
     loss = sum(s.loss for s in steps) / max(len(steps), 1)
     return f"{len(steps)} optimizer steps, loss {loss:.4f}"
+
+
+@contextmanager
+def _update_staging(store: Warehouse, config: RunConfig, iteration: int) -> Iterator[Path]:
+    """The update attempt's working folder: on several nodes, a new folder in `trainer.nodes.shared_dir` (every node
+    sees it; removed when done), or the warehouse's own staging folder on a folder root; else a local one."""
+    nodes = config.trainer.nodes
+    if nodes.count == 1 or not nodes.shared_dir:
+        if nodes.count > 1 and not store.local:
+            raise ConfigError("trainer.nodes.count > 1 with an object-store warehouse needs trainer.nodes.shared_dir")
+        with store.local_staging(config.run.id, iteration, "update") as staging:
+            yield staging
+        return
+    staging = Path(nodes.shared_dir) / config.run.id / f"iteration={iteration}" / f"update-{uuid.uuid4().hex[:12]}"
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _update_config(config: RunConfig, iteration: int) -> UpdateConfig:

@@ -51,6 +51,18 @@ def test_tensor_parallel_needs_the_vllm_backend():
         load_config(None, **{"rollout.backend": "sglang"})
 
 
+def test_several_nodes_need_node_zeros_address():
+    with pytest.raises(ConfigError, match=r"trainer\.nodes\.master .* is required"):
+        load_config(None, **{"trainer.nodes.count": 2})
+    with pytest.raises(ConfigError, match=r"trainer\.nodes\.master"):
+        load_config(None, **{"trainer.nodes.count": 2, "trainer.nodes.master": "node0"})  # no port
+    two = load_config(None, **{"trainer.nodes.count": 2, "trainer.nodes.master": "node0:29500"})
+    moved = load_config(
+        None, **{"trainer.nodes.count": 2, "trainer.nodes.master": "n7:1234", "trainer.nodes.shared_dir": "/x"}
+    )
+    assert two.config_hash() == moved.config_hash() != RunConfig().config_hash()  # the node count is hashed
+
+
 def test_hash_ignores_length_and_location_but_not_algorithm():
     base = RunConfig()
     longer = load_config(None, **{"run.iterations": 50, "run.warehouse": "/elsewhere"})

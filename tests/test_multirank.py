@@ -1,5 +1,5 @@
 """The update on 2 DeepSpeed ranks (torchrun, gloo) gives the parameters of 1 rank on the same data, with
-micro-batches by count and by token budget.
+micro-batches by count and by token budget, on one node and on 2 nodes of 1 rank (torchrun's multi-node launch).
 
 Tolerance: the two runs sum gradients in different orders, see `assert_same_update`; step losses agree to 1e-3
 relative (measured 1.2e-4).
@@ -7,12 +7,24 @@ relative (measured 1.2e-4).
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
+import yaml
 
 from hicra.tiny import build_tiny_policy
 from hicra.trainer import UpdateConfig
-from hicra.update import run_update, run_update_distributed
-from tests.conftest import TEST_MODEL, assert_same_update, random_update_request
+from hicra.update import NodeLaunch, run_update, run_update_distributed
+from tests.conftest import (
+    ROOT,
+    TEST_MODEL,
+    assert_same_update,
+    child_env,
+    free_port,
+    random_update_request,
+    small_config,
+)
 
 
 @pytest.mark.slow
@@ -34,3 +46,34 @@ def test_two_ranks_match_one_rank(tmp_path, micro_batch_tokens):
         assert b["clip_fraction"] == pytest.approx(a["clip_fraction"], abs=1e-6)
     assert_same_update(tmp_path / "one" / "hf", tmp_path / "two" / "hf", model_dir)
     assert all(s["grad_norm"] > 0 for s in one.steps + two.steps)
+
+
+@pytest.mark.slow
+def test_two_nodes_match_one_rank(tmp_path):
+    """2 nodes of 1 rank on this machine: node 1 is `hicra update-node` (a follower watching the shared folder), node
+    0 puts the request there and serves torchrun's static rendezvous on 127.0.0.1; the result equals 1 rank's."""
+    model_dir = build_tiny_policy(**TEST_MODEL)
+    trainer = UpdateConfig(mini_batch_size=10, micro_batch_size=2, lr=1e-2, epochs=2, seed=3)
+    request = random_update_request(model_dir, tmp_path / "one", trainer)
+    one = run_update(request)
+    shared, master = tmp_path / "shared", f"127.0.0.1:{free_port()}"
+    config = small_config(tmp_path / "wh", trainer={"nodes": {"count": 2, "master": master, "shared_dir": str(shared)}})
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "update-node", "--config", str(tmp_path / "run.yaml"), "--node-rank", "1",
+         "--once"],
+        env=child_env(PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        workdir = shared / "t" / "iteration=0" / "update-test"
+        request.save_to = str(workdir / "checkpoint")
+        two = run_update_distributed(request, 1, workdir, NodeLaunch(2, 0, master))
+        output, _ = follower.communicate(timeout=300)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0, output
+    assert "joining the update" in output and "failed" not in output, output
+    assert [s["num_tokens"] for s in two.steps] == [s["num_tokens"] for s in one.steps]
+    for a, b in zip(one.steps, two.steps, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3, abs=1e-6)
+    assert_same_update(tmp_path / "one" / "hf", workdir / "checkpoint" / "hf", model_dir)
