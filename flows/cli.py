@@ -62,6 +62,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "flows.serve",
     "flows.report",
     "flows.update_node",
+    "flows.judge_cli",
 ]
 
 

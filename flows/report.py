@@ -38,12 +38,22 @@ PLOTS = (
     Plot("relative_perplexity", "Relative perplexity (vs the first iteration)", "ratio",
          {"relative_perplexity_planning": "planning", "relative_perplexity_execution": "execution"}),
     Plot("response_length", "Response length", "tokens", {"mean_response_length": "mean response length"}),
+    Plot("error_types", "Failed rollouts by error type (LLM judge, `hicra judge`)", "failed rollouts judged",
+         {"planning_errors": "planning errors", "other_errors": "other errors"}),
 )  # fmt: skip
+
+# `iteration_summary` with the error types of the run's most recently committed judge (NULL where none judged).
+SUMMARY_SQL = """
+SELECT s.*, e.planning_errors, e.other_errors FROM iteration_summary s
+LEFT JOIN (SELECT * FROM error_types QUALIFY judge_id = arg_max(judge_id, judged_at) OVER (PARTITION BY run_id)) e
+    USING (run_id, iteration)
+ORDER BY iteration
+"""
 
 
 def summary_rows(root: str | Path, run_id: str) -> list[dict]:
-    """The `iteration_summary` rows of one run, in iteration order."""
-    table = query(root, "SELECT * FROM iteration_summary ORDER BY iteration")
+    """The `iteration_summary` rows of one run, in iteration order, with its judged error types."""
+    table = query(root, SUMMARY_SQL)
     rows = table.filter(pc.equal(table["run_id"], run_id)).to_pylist()
     if not rows:
         raise ValueError(f"no iterations of run {run_id!r} in the warehouse {root} (see `hicra runs`)")

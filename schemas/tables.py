@@ -159,6 +159,24 @@ class StrategicGramRow(Row):
     created_at: dt.datetime
 
 
+class JudgmentRow(Row):
+    """An LLM judge's error type for one failed rollout (table `judgments`; `hicra judge`, see `hicra.judge`).
+
+    One commit per (run, iteration, judge) as stage `judge-<judge_id>`; `judge_id` hashes the judge model, the prompt
+    version, the constraint mode and the sample size, so re-judging with the same judge does nothing and another judge
+    adds its own rows. `category` is one of `hicra.judge.CATEGORIES` or `unparseable`; `raw` is the judge's answer."""
+
+    rollout_id: str
+    judge_id: str
+    model: str
+    prompt_version: str
+    category: str
+    is_planning: bool
+    raw: str
+    constrained: bool
+    judged_at: dt.datetime
+
+
 TABLES: dict[str, type[Row]] = {
     "rollouts": RolloutRow,
     "scores": ScoreRow,
@@ -169,6 +187,7 @@ TABLES: dict[str, type[Row]] = {
     "metrics": MetricRow,
     "strategic_grams": StrategicGramRow,
     "eval_results": EvalResultRow,
+    "judgments": JudgmentRow,
 }
 
 _PLAIN: dict[Any, pa.DataType] = {

@@ -181,3 +181,14 @@ SELECT s.run_id, s.iteration, s.checkpoint_id, s.suite, s.protocol_hash, s.probl
        s.mean_response_length, s.not_ok_share, s.truncated_share
 FROM s JOIN eval_pass_at_k p USING (run_id, iteration, checkpoint_id, suite, protocol_hash, k)
 ORDER BY s.run_id, s.iteration, s.suite, s.protocol_hash;
+
+-- The LLM judge's error type of each failed rollout (`hicra judge`), and per (run, iteration, judge) the paper's
+-- planning errors vs the others (knowledge, calculation, other); answers naming no category are counted apart.
+CREATE OR REPLACE VIEW judgments AS SELECT * FROM _judgments;
+CREATE OR REPLACE VIEW error_types AS
+SELECT run_id, iteration, judge_id, any_value(model) AS model, any_value(prompt_version) AS prompt_version,
+       count(*) AS judged, count(*) FILTER (WHERE is_planning) AS planning_errors,
+       count(*) FILTER (WHERE NOT is_planning AND category <> 'unparseable') AS other_errors,
+       count(*) FILTER (WHERE category = 'unparseable') AS unparseable, max(judged_at) AS judged_at
+FROM judgments GROUP BY run_id, iteration, judge_id
+ORDER BY run_id, iteration, judge_id;
