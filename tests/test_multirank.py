@@ -15,7 +15,7 @@ import yaml
 
 from hicra.tiny import build_tiny_policy
 from hicra.trainer import UpdateConfig
-from hicra.update import NodeLaunch, run_update, run_update_distributed
+from hicra.update import REQUEST_FILE, NodeLaunch, run_update, run_update_distributed
 from tests.conftest import (
     ROOT,
     TEST_MODEL,
@@ -25,6 +25,7 @@ from tests.conftest import (
     random_update_request,
     small_config,
 )
+from warehouse.store import Warehouse
 
 
 @pytest.mark.slow
@@ -77,3 +78,28 @@ def test_two_nodes_match_one_rank(tmp_path):
     for a, b in zip(one.steps, two.steps, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3, abs=1e-6)
     assert_same_update(tmp_path / "one" / "hf", workdir / "checkpoint" / "hf", model_dir)
+
+
+@pytest.mark.slow
+def test_training_flow_updates_on_two_nodes(tmp_path, prefect_server):
+    """The update stage of `hicra train` on 2 nodes: the follower finds the request in the warehouse's `_staging`
+    folder (the default shared folder), the iteration commits, and the working folder is gone afterwards."""
+    from flows.train import train
+
+    master = f"127.0.0.1:{free_port()}"
+    config = small_config(tmp_path / "wh", iterations=1, trainer={"nodes": {"count": 2, "master": master}})
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "update-node", "--config", str(tmp_path / "run.yaml"), "--once"],
+        env=child_env(PYTHONPATH=str(ROOT), SLURM_NODEID="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        summaries = train(config_path=str(tmp_path / "run.yaml"))
+        output, _ = follower.communicate(timeout=300)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0 and "joining the update" in output and "failed" not in output, output
+    assert summaries[0]["optimizer_steps"] >= 1
+    assert Warehouse(tmp_path / "wh").is_committed("t", 0, "update")
+    assert not list((tmp_path / "wh" / "_staging").rglob(REQUEST_FILE))
