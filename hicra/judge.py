@@ -90,17 +90,33 @@ class Judge:
         self.max_tokens = max_tokens
         self.model = model or self._served_model()
 
+    def _send(self, method: str, path: str, json: dict | None = None) -> httpx.Response:
+        """One request to the judge; an unreachable server is a RuntimeError that says so (httpx's own errors name
+        no remedy), an HTTP error status is returned for the caller to read."""
+        try:
+            return self.client.request(method, path, json=json)
+        except httpx.TransportError as err:
+            raise RuntimeError(
+                f"cannot reach the judge at {self.client.base_url} ({type(err).__name__}: {err}); start an "
+                "OpenAI-compatible server there (vLLM: `python -m vllm.entrypoints.openai.api_server --model ...`) "
+                "or pass --base-url"
+            ) from err
+
+    @staticmethod
+    def _check(reply: httpx.Response) -> httpx.Response:
+        if reply.is_error:
+            raise RuntimeError(f"the judge answered HTTP {reply.status_code} to {reply.url}: {reply.text[:1000]}")
+        return reply
+
     def _served_model(self) -> str:
         """The server's first model (`GET /models`): a vLLM server serves exactly one."""
-        response = self.client.get("/models")
-        response.raise_for_status()
-        models = response.json()["data"]
+        models = self._check(self._send("GET", "/models")).json()["data"]
         if not models:
             raise RuntimeError(f"the judge server at {self.client.base_url} serves no model")
         return models[0]["id"]
 
     def classify(self, problem: str, reference: str, response: str) -> Verdict:
-        """One failed rollout's verdict; raises httpx errors for an unreachable server or a failed request."""
+        """One failed rollout's verdict; raises RuntimeError for an unreachable server or a failed request."""
         user = USER_TEMPLATE.format(problem=problem, reference=reference, response=response)
         body: dict = {
             "model": self.model,
@@ -111,13 +127,12 @@ class Judge:
         constrained = self.constrain != "none"
         if constrained:
             body["structured_outputs"] = {"choice": list(CATEGORIES)}
-        reply = self.client.post("/chat/completions", json=body)
+        reply = self._send("POST", "/chat/completions", body)
         if reply.status_code == 400 and self.constrain == "auto" and "structured_outputs" in reply.text:
             self.constrain, constrained = "none", False
             body.pop("structured_outputs")
-            reply = self.client.post("/chat/completions", json=body)
-        reply.raise_for_status()
-        text = reply.json()["choices"][0]["message"]["content"] or ""
+            reply = self._send("POST", "/chat/completions", body)
+        text = self._check(reply).json()["choices"][0]["message"]["content"] or ""
         category = text.strip() if constrained and text.strip() in CATEGORIES else parse_verdict(text)
         return Verdict(category, text, constrained)
 

@@ -20,7 +20,7 @@ import pytest
 
 from flows.cli import main as hicra
 from flows.report import summary_rows
-from hicra.judge import CATEGORIES, UNPARSEABLE, parse_verdict
+from hicra.judge import CATEGORIES, UNPARSEABLE, Judge, parse_verdict
 from hicra.tiny import build_tiny_policy
 from schemas.tables import RolloutRow, ScoreRow, to_table
 from tests.conftest import TEST_MODEL, child_env, free_port
@@ -47,10 +47,16 @@ def test_parse_verdict_finds_the_first_category_named():
     assert parse_verdict("") == UNPARSEABLE
 
 
-def commit_iteration(store: Warehouse, iteration: int) -> None:
-    """The rollout and verify commits of one iteration of `ITERATIONS` (what the judge reads)."""
+def test_an_unreachable_judge_is_an_error_that_says_so():
+    with pytest.raises(RuntimeError, match=r"cannot reach the judge at http://127\.0\.0\.1:\d+/v1/ .*--base-url"):
+        Judge(f"http://127.0.0.1:{free_port()}/v1")
+
+
+def commit_iteration(store: Warehouse, iteration: int, responses: list[tuple[str, bool]] | None = None) -> None:
+    """The rollout and verify commits of one iteration (what the judge reads): `responses` (text, correct), by
+    default the iteration's of `ITERATIONS`."""
     rollouts, scores = [], []
-    for k, (response, correct) in enumerate(ITERATIONS[iteration]):
+    for k, (response, correct) in enumerate(responses or ITERATIONS[iteration]):
         rid = f"{RUN}-{iteration}-{k}"
         rollouts.append(
             RolloutRow(
@@ -157,3 +163,14 @@ def test_unconstrained_answers_are_parsed_or_stored_as_unparseable(judge_server,
     types = query(root, "SELECT * FROM error_types").to_pylist()
     unparseable = sum(r["category"] == UNPARSEABLE for r in rows)
     assert types[0]["unparseable"] == unparseable and types[0]["judged"] == 3
+
+
+@pytest.mark.slow
+def test_a_request_the_server_rejects_fails_the_iteration_uncommitted(judge_server, tmp_path, capsys):
+    root = tmp_path / "wh"
+    store = Warehouse(root)
+    commit_iteration(store, 0, [("3 + 4 = 8. " * 1000, False)])  # far beyond the server's 2,048-token context
+    assert hicra(["judge", RUN, "--warehouse", str(root), "--base-url", judge_server]) == 2
+    assert "the judge answered HTTP 400" in capsys.readouterr().err
+    assert not [c for c in store.commits(RUN) if c.stage.startswith("judge-")]
+    assert [a["status"] for a in store.attempts(RUN) if a["stage"].startswith("judge-")] == ["failed"]
