@@ -152,8 +152,9 @@ def follow_updates(
     watch: Path, num_processes: int, launch: NodeLaunch, once: bool = False, poll_s: float = 1.0
 ) -> None:
     """A follower node (rank >= 1): join every update request that appears under `watch` (at any depth) with this
-    node's ranks, until interrupted, or after one with `once`. A request already answered (its result exists) or
-    already joined is skipped; a failed join is reported and the follower goes on (node 0's stage retries)."""
+    node's ranks, until interrupted, or after one with `once` (then a failed join raises RuntimeError). A request
+    already answered (its result exists) or already joined is skipped; a failed join is printed and the follower
+    goes on (node 0's stage retries with a new request)."""
     joined: set[Path] = set()
     while True:
         for request in sorted(watch.rglob(REQUEST_FILE)):
@@ -163,7 +164,10 @@ def follow_updates(
             print(f"node {launch.node_rank}: joining the update of {request.parent}", flush=True)
             done = _torchrun(request.parent, num_processes, launch)
             if done.returncode != 0:
-                print(f"node {launch.node_rank}: the update failed:\n{(done.stdout + done.stderr)[-4000:]}", flush=True)
+                failure = f"node {launch.node_rank}: the update failed:\n{(done.stdout + done.stderr)[-4000:]}"
+                if once:
+                    raise RuntimeError(failure)
+                print(failure, flush=True)
             if once:
                 return
         time.sleep(poll_s)
