@@ -80,6 +80,9 @@ _PHRASE_RE = re.compile(
 _BOLD_RE = re.compile(r"\*\*([^*\n]{1,300})\*\*")
 _LABEL_ONLY_RE = re.compile(r"(?:the\s+)?(?:final\s+)?(?:answer|result|solution)s?\s*[:\-\u2013\u2014]?", re.IGNORECASE)
 _WORD_RE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
+_MATH_RUN_RE = re.compile(r"[-\d(\[{\\]|[A-Za-z]\s*=")
+_LEADING_PUNCTUATION_RE = re.compile(r"^(?:[\s:=*,\u2013\u2014]|-(?=\s))+")  # not the minus of "-12"
+_SERIAL_COMMA_RE = re.compile(r",\s+(and|or)\b")
 _AND_OR_RE = re.compile(r"\s*,?\s*\b(?:and|or)\b\s*")
 _SMALL_NUMBERS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
 _SMALL_NUMBERS += "sixteen seventeen eighteen nineteen"
@@ -171,6 +174,13 @@ def _sentence_after(text: str, pos: int) -> str:
     return text[pos : stop.start() if stop else len(text)]
 
 
+@extractor("bare")
+def _bare(text: str) -> str | None:
+    """A last paragraph that is only math, with no words: a response that ends in (or is) its bare answer."""
+    paragraph = _strip_math(_last_paragraph(text))
+    return _math_of(paragraph) if paragraph and not _WORD_RE.search(_AND_OR_RE.sub(", ", paragraph)) else None
+
+
 @extractor("answer_is")
 def _answer_is(text: str) -> str | None:
     """The math after the last "answer is" / "answer:", up to the end of its sentence or line (see _math_of)."""
@@ -179,12 +189,13 @@ def _answer_is(text: str) -> str | None:
 
 
 def _tail(text: str) -> str:
-    """The last TAIL_CHARS characters of a response, from the start of a line when one starts in them."""
-    if len(text) <= TAIL_CHARS:
-        return text
-    cut = len(text) - TAIL_CHARS
-    newline = text.find("\n", cut)
-    return text[newline + 1 :] if newline != -1 else text[cut:]
+    """The last TAIL_CHARS characters of a response (from a line start when one is in them), ``\\$`` blanked."""
+    if len(text) > TAIL_CHARS:
+        newline = text.find("\n", len(text) - TAIL_CHARS)
+        text = text[newline + 1 :] if newline != -1 else text[len(text) - TAIL_CHARS :]
+    # An escaped dollar (currency) is no math delimiter, nor part of a number; math-verify's pattern of several
+    # answers ("$1$, $2$ and $3$") misses the serial comma (", and $3$").
+    return _SERIAL_COMMA_RE.sub(r" \1", text.replace("\\$", " "))
 
 
 def _last_paragraph(text: str) -> str:
@@ -217,7 +228,7 @@ def _match_text(match: re.Match[str]) -> str:
     for prefix in ("first", *(f"next{i}" for i in range(1, 6))):
         content = next((value for name, value in groups.items() if name.startswith(f"{prefix}_latex")), None)
         if content:
-            parts.append(content.strip() + ("\\%" if f"{prefix}_percent" in groups else ""))
+            parts.append(content.strip().rstrip(".,;").strip() + ("\\%" if f"{prefix}_percent" in groups else ""))
     if parts:
         return ", ".join(parts)
     if "expr" in groups:
@@ -228,20 +239,24 @@ def _match_text(match: re.Match[str]) -> str:
     return number + ("\\%" if "percent" in groups else "")
 
 
-def _math_verify_match(text: str, latex: bool, expr: bool, anchored_only: bool) -> str | None:
-    """What math-verify's ``parse`` would extract from ``text``, chosen as it chooses but without parsing.
+def _math_verify_best(text: str, latex: bool, expr: bool, anchored_only: bool) -> re.Match[str] | None:
+    """The match math-verify's ``parse`` would extract from ``text``, chosen as it chooses but without parsing.
 
     Its own ``extract_target_from_pred`` parses every candidate with sympy while it chooses, which has no time
     bound, so here only its regexes run (on a bounded text): the best priority that matches, and in it the match
     that ends last (the earlier start on a tie), as math-verify orders them. The grader parses the answer after.
     """
     for _, patterns in _regexes(latex, expr, anchored_only):
-        matches = [match for pattern in patterns for match in pattern.finditer(text)]
+        matches = [match for pattern in patterns for match in pattern.finditer(text) if _match_text(match)]
         if matches:
-            answer = _match_text(max(matches, key=lambda m: (m.end(), -m.start())))
-            if answer:
-                return answer
+            return max(matches, key=lambda m: (m.end(), -m.start()))
     return None
+
+
+def _math_verify_match(text: str, latex: bool, expr: bool, anchored_only: bool) -> str | None:
+    """The answer text of _math_verify_best's match, if any."""
+    best = _math_verify_best(text, latex, expr, anchored_only)
+    return None if best is None else _match_text(best)
 
 
 @extractor("parts")
@@ -278,8 +293,9 @@ def _labelled(text: str) -> str | None:
 @extractor("phrase")
 def _phrase(text: str) -> str | None:
     """The math after the last concluding phrase ("therefore", "so we get", "final answer", "Answer -", ...), up to
-    the end of its sentence or line. Hand-written: math-verify anchors only on the word "answer"."""
-    tail = _tail(text)
+    the end of its sentence or line, in the last paragraph (a phrase earlier on concludes a step, not the solution).
+    Hand-written: math-verify anchors only on the word "answer"."""
+    tail = _last_paragraph(text)
     last = _last(_PHRASE_RE, tail)
     return None if last is None else _math_of(_sentence_after(tail, last.end()))
 
@@ -287,8 +303,8 @@ def _phrase(text: str) -> str | None:
 @extractor("bold")
 def _bold(text: str) -> str | None:
     """The math of the last ``**bold**`` span (or of the rest of its line when the span is a label such as
-    ``**Final Answer:**``). Hand-written: math-verify reads bold only around a plain number."""
-    tail = _tail(text)
+    ``**Final Answer:**``), in the last paragraph. Hand-written: math-verify reads bold only around a plain number."""
+    tail = _last_paragraph(text)
     last = _last(_BOLD_RE, tail)
     if last is None:
         return None
@@ -302,8 +318,13 @@ def _bold(text: str) -> str | None:
 @extractor("last_expression")
 def _last_expression(text: str) -> str | None:
     """The last resort: math-verify's unanchored extraction, the last math environment or number/expression of the
-    response's tail, whatever surrounds it."""
-    return _math_verify_match(_tail(text), latex=True, expr=True, anchored_only=False)
+    response's tail, whatever surrounds it, or a number word stated after it."""
+    tail = _tail(text)
+    best = _math_verify_best(tail, latex=True, expr=True, anchored_only=False)
+    word = _last(_NUMERAL_RE, tail)
+    if word is not None and word.group().lower() != "one" and (best is None or word.end() > best.end()):
+        return _numeral(word.group())  # "one" is a pronoun far more often than a last-stated answer
+    return None if best is None else _match_text(best)
 
 
 def _numeral(text: str) -> str | None:
@@ -317,16 +338,25 @@ def _numeral(text: str) -> str | None:
 def _math_of(snippet: str, labels: bool = True) -> str | None:
     """The answer stated in a short snippet of prose (what follows a phrase, a bold span, a label): labelled parts,
     else its last math environment, else the snippet itself when it is math (no words), else its last number or
-    expression, else a number word as digits; None when it states none of these."""
-    snippet = _strip_math(_strip_math(snippet).strip(" \t:=-\u2013\u2014*,"))
+    expression, else a number word as digits; None when it states none of these.
+
+    The math before the first word or after the last one ("14, found in 2 steps", "the roots are 1, 2") is the
+    answer more often than the last number in between."""
+    snippet = _strip_math(_LEADING_PUNCTUATION_RE.sub("", _strip_math(snippet)).rstrip(" \t:=-\u2013\u2014*,"))
     if not snippet:
         return None
     if labels and (parts := _labelled(snippet)):
         return parts
     if env := _math_verify_match(snippet, latex=True, expr=False, anchored_only=False):
         return env
-    if not _WORD_RE.search(_AND_OR_RE.sub(", ", snippet)):
-        return _AND_OR_RE.sub(", ", snippet)
+    listed = _AND_OR_RE.sub(", ", snippet)
+    words = list(_WORD_RE.finditer(listed))
+    if not words:
+        return listed
+    for run in (listed[: words[0].start()], listed[words[-1].end() :]):  # "14, found in 2 steps"; "are 1, 2"
+        run = run.strip(" \t:=,;.")
+        if _MATH_RUN_RE.match(run) and any(char.isdigit() for char in run):
+            return run
     return _math_verify_match(snippet, latex=False, expr=True, anchored_only=False) or _numeral(snippet)
 
 
