@@ -363,7 +363,8 @@ def _math_of(snippet: str, labels: bool = True) -> str | None:
 def _check_extractors(extractors: Sequence[str]) -> tuple[str, ...]:
     unknown = [name for name in extractors if name not in EXTRACTORS]
     if unknown or not extractors:
-        raise ValueError(f"answer extractors must be a non-empty list of {', '.join(EXTRACTORS)}; got {extractors}")
+        what = f"unknown answer extractor {unknown[0]!r}" if unknown else "no answer extractor"
+        raise ValueError(f"{what}; known: {', '.join(EXTRACTORS)}")
     return tuple(extractors)
 
 
