@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,7 +53,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     vf.add_argument("--out", help="output JSONL (default: stdout): reward, status, extracted, detail per input line")
     vf.add_argument("--workers", type=int, default=2, help="verifier worker processes")
     vf.add_argument("--timeout", type=float, default=5.0, help="hard wall-clock deadline per item, seconds")
-    vf.add_argument("--fallbacks", default="boxed", help="answer extractors in order: boxed, answer_is")
+    vf.add_argument(
+        "--extractors",
+        help="answer extractors in order, comma-separated (default: the full chain, every extractor of "
+        "hicra.verifier.EXTRACTORS; `boxed` grades as training does by default; see docs/grading.md)",
+    )
+    vf.add_argument("--fallbacks", help="deprecated: the old name of --extractors")
     vf.set_defaults(func=cmd_verify)
 
 
@@ -108,6 +114,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extractors(args: argparse.Namespace) -> tuple[str, ...]:
+    """--extractors (or the deprecated --fallbacks, with a warning), else the full chain."""
+    from hicra.verifier import FULL_CHAIN
+
+    if args.fallbacks is not None:
+        if args.extractors is not None:
+            raise ValueError("--fallbacks is the old name of --extractors: give only --extractors")
+        warnings.warn("--fallbacks is deprecated: use --extractors", FutureWarning, stacklevel=2)
+    names = args.extractors if args.extractors is not None else args.fallbacks
+    return FULL_CHAIN if names is None else tuple(name.strip() for name in names.split(",") if name.strip())
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from hicra.data import DataError, read_jsonl
     from hicra.verifier import Verifier
@@ -119,7 +137,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             raise DataError(f"{path}:{number}: needs the fields 'response' and 'reference'")
         responses.append(row["response"])
         references.append(row["reference"])
-    with Verifier(workers=args.workers, timeout_s=args.timeout, fallbacks=args.fallbacks.split(",")) as verifier:
+    with Verifier(workers=args.workers, timeout_s=args.timeout, extractors=_extractors(args)) as verifier:
         results = verifier.score(responses, references)
     lines = [
         json.dumps({"reward": r.reward, "status": r.status, "extracted": r.extracted, "detail": r.detail}) + "\n"

@@ -12,7 +12,8 @@ from typing import Literal
 from prefect import flow
 from prefect.runtime import flow_run
 
-from schemas.config import EvalProtocol, EvalSection
+from schemas.config import EvalProtocol, EvalSection, RunConfig
+from tasks.common import validate_registered_names
 from tasks.evaluate import eval_summary, evaluate_checkpoint, find_checkpoints, load_suites
 
 
@@ -41,11 +42,13 @@ def evaluate(
     `limit` keeps the first N problems of each suite; `fields` names a problem file's columns (id, problem, answer,
     alternatives); `protocol` overrides the paper's sampling protocol.
     """
+    protocol = protocol or EvalProtocol()
+    validate_registered_names(RunConfig(eval=EvalSection(protocol=protocol)))
     checkpoints = find_checkpoints(warehouse, run_id, iteration, model_dir)
     loaded = load_suites(suites or EvalSection().suites, limit, fields)
     keys = []
     for checkpoint in checkpoints:
         keys += evaluate_checkpoint(
-            warehouse, checkpoint, loaded, protocol or EvalProtocol(), batch_size, verifier_workers, verifier_timeout_s
+            warehouse, checkpoint, loaded, protocol, batch_size, verifier_workers, verifier_timeout_s
         )
     return eval_summary(warehouse, keys)

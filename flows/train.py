@@ -22,7 +22,7 @@ from rich.table import Table
 from flows.report import inline_markdown
 from flows.stage import run_stage_here
 from schemas.config import RunConfig, Stage, load_config
-from tasks.common import console, freeze_run_config, open_warehouse
+from tasks.common import console, freeze_run_config, open_warehouse, validate_registered_names
 from tasks.evaluate import pending_eval_stages
 from tasks.stages import prepare_policy
 from tasks.summary import summarize
@@ -126,6 +126,7 @@ def run_iterations(config: RunConfig, force: bool = False) -> list[dict]:
     """
     busy = f"run {config.run.id!r} is already running; wait for it to end or stop it"
     with open_warehouse(config).lock(config.run.id, what=busy):
+        validate_registered_names(config)
         freeze_run_config(config, force=force)
         base_model_dir = prepare_policy(config)
         progress = create_progress_artifact(progress=0.0, key=_artifact_key(config.run.id, "progress"))

@@ -21,7 +21,7 @@ from hicra.data import Fields, Problem, problems_from_rows, read_rows
 from hicra.generate import Generation, HFGenerator, derive_seed
 from hicra.prompts import render_prompt
 from hicra.tiny import synthetic_problems
-from hicra.verifier import Verifier, VerifyResult
+from hicra.verifier import FULL_CHAIN, Verifier, VerifyResult
 from schemas.config import EvalProtocol
 
 BENCHMARKS = ("aime24", "aime25", "amc23", "math500", "minerva_math", "olympiadbench", "gsm8k")
@@ -93,7 +93,7 @@ class SuiteSettings:
     max_new_tokens: int
     prompt: str
     template: str | None
-    fallbacks: tuple[str, ...]
+    extractors: tuple[str, ...]
     seed: int
 
     def digest(self) -> str:
@@ -112,7 +112,7 @@ def suite_settings(protocol: EvalProtocol, suite: Suite, default_max_new_tokens:
         max_new_tokens=protocol.max_new_tokens or default_max_new_tokens,
         prompt=protocol.prompt,
         template=protocol.template,
-        fallbacks=tuple(protocol.fallbacks),
+        extractors=tuple(protocol.extractors or FULL_CHAIN),
         seed=protocol.seed,
     )
 
@@ -144,8 +144,10 @@ def evaluate_suite(
     progress: Callable[[int], None] | None = None,
 ) -> list[EvalSample]:
     """Sample `settings.samples` answers per problem and grade each against all of the problem's references."""
-    if tuple(verifier.fallbacks) != settings.fallbacks:
-        raise ValueError(f"the verifier extracts with {verifier.fallbacks}, the protocol asks for {settings.fallbacks}")
+    if verifier.extractors != settings.extractors:
+        raise ValueError(
+            f"the verifier extracts with {verifier.extractors}, the protocol asks for {settings.extractors}"
+        )
     prompt_ids = generator.encode_prompts([render(p.problem, generator.tokenizer, settings) for p in suite.problems])
     jobs = [(problem, s) for problem in range(len(suite.problems)) for s in range(settings.samples)]
     seeds = [derive_seed("eval", checkpoint_id, suite.name, suite.problems[p].id, s, settings.seed) for p, s in jobs]

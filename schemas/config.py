@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
@@ -162,12 +164,31 @@ class RolloutSection(Section):
         return self
 
 
+def _renamed(section: str, old: str, new: str) -> Callable[[type[Section], Any], Any]:
+    """A before-validator that still accepts the section's old key ``old`` as ``new``, with a warning that names
+    both (FutureWarning: shown to users, unlike DeprecationWarning)."""
+
+    def rename(cls: type[Section], data: Any) -> Any:
+        if isinstance(data, dict) and old in data:
+            if new in data:
+                raise ValueError(f"{section}.{old} is the old name of {section}.{new}: set only {section}.{new}")
+            warnings.warn(f"{section}.{old} is deprecated: use {section}.{new}", FutureWarning, stacklevel=2)
+            data = {(new if key == old else key): value for key, value in data.items()}
+        return data
+
+    return model_validator(mode="before")(rename)
+
+
 class VerifierSection(Section):
     workers: int = Field(2, ge=1, description="Verifier worker processes.")
     timeout_s: float = Field(5.0, gt=0, description="Hard wall-clock deadline per item; a stuck worker is killed.")
-    fallbacks: list[Literal["boxed", "answer_is"]] = Field(
-        default_factory=lambda: ["boxed"], description="Answer extractors, tried in order."
+    extractors: list[str] = Field(
+        default_factory=lambda: ["boxed"],
+        min_length=1,
+        description="Answer extractors, tried in order (names: hicra.verifier.EXTRACTORS). Default: the paper's "
+        "strict last `\\boxed{}` reward; the full chain also grades answers stated without a box (docs/grading.md).",
     )
+    _fallbacks = _renamed("verifier", "fallbacks", "extractors")
 
 
 class RewardSection(Section):
@@ -318,10 +339,14 @@ class EvalProtocol(Section):
     template: str | None = Field(
         None, description="Template with `{problem}`: the user message (chat) or the whole prompt (plain)."
     )
-    fallbacks: list[Literal["boxed", "answer_is"]] = Field(
-        default_factory=lambda: ["boxed"], description="Answer extractors, tried in order (paper: the last boxed)."
+    extractors: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Answer extractors, tried in order (names: hicra.verifier.EXTRACTORS); default (null): all of "
+        "them, the full chain, so that an answer stated without a box is graded too (paper: `[boxed]`).",
     )
     seed: int = Field(0, ge=0, description="Mixed into the seed of every sample.")
+    _fallbacks = _renamed("eval.protocol", "fallbacks", "extractors")
 
     def samples_for(self, suite: str) -> int:
         return self.samples.get(suite, self.default_samples)

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from hicra.cache import default_cache_dir
 from hicra.data import DataError
+from hicra.verifier import EXTRACTORS
 from schemas.config import GPU_TAG, NOT_HASHED, ConfigError, RunConfig
 from warehouse.store import AlreadyCommitted, Busy, Warehouse
 
@@ -116,6 +117,22 @@ def policy_dir(store: Warehouse, config: RunConfig, iteration: int, base_model_d
     if not store.is_committed(config.run.id, iteration - 1, "update"):
         raise RuntimeError(f"iteration {iteration} needs the committed update of iteration {iteration - 1}")
     return local_checkpoint(store, config.run.id, iteration - 1, "hf")
+
+
+def validate_registered_names(config: RunConfig) -> None:
+    """Check the config's names of registered functions against their registries, at the start of a run or an eval.
+
+    schemas/ cannot import hicra/ (layering), so the config holds plain strings and this one function checks them;
+    each entry of `checks` is (dotted field, its names or None for the default, registry, what a name names).
+    """
+    checks = [
+        ("verifier.extractors", config.verifier.extractors, EXTRACTORS, "extractor"),
+        ("eval.protocol.extractors", config.eval.protocol.extractors, EXTRACTORS, "extractor"),
+    ]
+    for field, names, registry, kind in checks:
+        for name in names or ():
+            if name not in registry:
+                raise ConfigError(f"{field}: unknown {kind} {name!r}; known: {', '.join(registry)}")
 
 
 def freeze_run_config(config: RunConfig, force: bool = False) -> None:

@@ -177,7 +177,7 @@ def _evaluate_suite(
     verifier_timeout_s: float,
 ) -> str:
     """Evaluate one checkpoint on one suite and commit the results; returns a one-line report."""
-    verifier = _verifier(verifier_workers, verifier_timeout_s, settings.fallbacks)
+    verifier = _verifier(verifier_workers, verifier_timeout_s, settings.extractors)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         job = bar.add_task(f"{checkpoint.id} {suite.name}", total=len(suite.problems) * settings.samples)

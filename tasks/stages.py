@@ -145,9 +145,9 @@ def _generator(ro: RolloutSection, model_dir: Path) -> Generator:
 
 
 @lru_cache(maxsize=2)
-def _verifier(workers: int, timeout_s: float, fallbacks: tuple[str, ...]) -> Verifier:
+def _verifier(workers: int, timeout_s: float, extractors: tuple[str, ...]) -> Verifier:
     """One worker pool per process and settings, kept across iterations (it takes seconds to start)."""
-    verifier = Verifier(workers=workers, timeout_s=timeout_s, fallbacks=fallbacks)
+    verifier = Verifier(workers=workers, timeout_s=timeout_s, extractors=extractors)
     atexit.register(verifier.close)
     return verifier
 
@@ -157,7 +157,7 @@ def verify(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: 
     """Score every rollout against its reference with math-verify in worker processes under a deadline."""
     rollouts = store.read_table("rollouts", config.run.id, iteration).to_pydict()
     vc = config.verifier
-    results = _verifier(vc.workers, vc.timeout_s, tuple(vc.fallbacks)).score(
+    results = _verifier(vc.workers, vc.timeout_s, tuple(vc.extractors)).score(
         rollouts["response"], rollouts["reference"]
     )
     shaping = RewardConfig(**config.reward.model_dump())

@@ -22,6 +22,32 @@ def test_unknown_key_names_the_field(tmp_path):
         load_config(path)
 
 
+def test_old_extractor_keys_are_accepted_with_a_warning(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("verifier:\n  fallbacks: [boxed, answer_is]\neval:\n  protocol:\n    fallbacks: [boxed]\n")
+    with pytest.warns(FutureWarning) as caught:
+        config = load_config(path)
+    messages = {str(warning.message) for warning in caught}
+    assert "verifier.fallbacks is deprecated: use verifier.extractors" in messages
+    assert "eval.protocol.fallbacks is deprecated: use eval.protocol.extractors" in messages
+    assert config.verifier.extractors == ["boxed", "answer_is"] and config.eval.protocol.extractors == ["boxed"]
+    path.write_text("verifier:\n  fallbacks: [boxed]\n  extractors: [boxed]\n")
+    with pytest.raises(ConfigError, match=r"set only verifier\.extractors"):
+        load_config(path)
+
+
+def test_extractor_names_are_checked_against_the_registry():
+    from tasks.common import validate_registered_names
+
+    validate_registered_names(RunConfig())
+    assert RunConfig().verifier.extractors == ["boxed"] and RunConfig().eval.protocol.extractors is None
+    with pytest.raises(ConfigError, match=r"^verifier\.extractors: unknown extractor 'nope'; known: boxed, "):
+        validate_registered_names(RunConfig.model_validate({"verifier": {"extractors": ["boxed", "nope"]}}))
+    bad_eval = RunConfig.model_validate({"eval": {"protocol": {"extractors": ["latex", "x"]}}})
+    with pytest.raises(ConfigError, match=r"^eval\.protocol\.extractors: unknown extractor 'x'"):
+        validate_registered_names(bad_eval)
+
+
 def test_bad_value_names_the_field(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("algorithm:\n  alpha: 1.5\n")

@@ -47,7 +47,7 @@ def test_paper_config(path):
     assert config.rollout.max_new_tokens >= 16384
     protocol = config.eval.protocol
     assert config.eval.suites == ["aime24", "aime25", "math500", "amc23", "minerva_math", "olympiadbench"]
-    assert protocol.temperature == 0.6 and protocol.fallbacks == ["boxed"]
+    assert protocol.temperature == 0.6 and protocol.extractors == ["boxed"]
     assert [protocol.samples_for(s) for s in config.eval.suites] == [32, 32, 1, 4, 1, 1]
     ranks = config.trainer.num_processes
     built = deepspeed_config(_update_config(config, 0), ranks, "bf16", cuda=True)

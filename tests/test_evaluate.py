@@ -169,6 +169,24 @@ def test_hicra_verify_scores_a_file(tmp_path, capsys):
     assert "outputs.jsonl:1: needs the fields" in capsys.readouterr().err
 
 
+def test_hicra_verify_extractors_flag(tmp_path, capsys):
+    """The full chain by default, `--extractors` to choose, `--fallbacks` still accepted with a warning."""
+    path = tmp_path / "outputs.jsonl"
+    path.write_text(json.dumps({"response": "So we get $x = 4$.", "reference": "4"}) + "\n")
+
+    def graded(*flags: str) -> tuple[float, str]:
+        assert hicra_main(["verify", str(path), "--workers", "1", *flags]) == 0
+        result = json.loads(capsys.readouterr().out)
+        return result["reward"], result["status"]
+
+    assert graded() == (1.0, "ok")
+    assert graded("--extractors", "boxed") == (0.0, "no_answer")
+    with pytest.warns(FutureWarning, match="--fallbacks is deprecated: use --extractors"):
+        assert graded("--fallbacks", "boxed,latex") == (1.0, "ok")
+    assert hicra_main(["verify", str(path), "--extractors", "boxed,nope"]) == 2
+    assert "known: boxed, " in capsys.readouterr().err
+
+
 def test_training_evaluates_every_k_iterations(small_run, warehouse_copy):
     """eval.every = 2 evaluates iteration 1 only; eval settings are outside the config hash, so the run resumes."""
     from flows.train import train
