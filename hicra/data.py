@@ -8,8 +8,8 @@ names the file, the row and the field.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 
 from hicra.generate import derive_seed
-from schemas.config import DataSection
+from schemas.config import DataSection, DataSource, SourceFields
 
 
 class DataError(ValueError):
@@ -33,6 +33,7 @@ class Problem:
     problem: str
     references: tuple[str, ...]
     messages: tuple[dict[str, str], ...] | None = None
+    source: str = ""  # the mixture source it came from ("" for the single-source form)
 
     @property
     def answer(self) -> str:
@@ -232,24 +233,131 @@ def _check_verl(rows: Rows, path: str) -> None:
         )
 
 
-def load_training_problems(data: DataSection, seed: int) -> list[Problem]:
-    """The training prompts the `data` section names (see its field help for each source's default fields)."""
-    fields = Fields(data.id_field, data.problem_field, data.answer_field)
-    if data.source == "synthetic":
+def load_source(spec: SourceFields, seed: int) -> list[Problem]:
+    """The problems of one training dataset (see `SourceFields`' field help for each reader's default fields)."""
+    fields = Fields(spec.id_field, spec.problem_field, spec.answer_field)
+    if spec.source == "synthetic":
         from hicra.tiny import synthetic_problems
 
-        rows = list(enumerate(synthetic_problems(data.synthetic_size, seed), start=1))
+        rows = list(enumerate(synthetic_problems(spec.synthetic_size, seed), start=1))
         return problems_from_rows(rows, "synthetic", fields)
-    assert data.path is not None  # the config requires it for every other source
-    if data.source == "jsonl":
-        return problems_from_rows(read_rows(data.path, "jsonl"), data.path, fields)
-    if data.source == "verl":
-        rows = read_rows(data.path, "parquet")
-        _check_verl(rows, data.path)
+    assert spec.path is not None  # the config requires it for every other source
+    if spec.source == "jsonl":
+        return problems_from_rows(read_rows(spec.path, "jsonl"), spec.path, fields)
+    if spec.source == "verl":
+        rows = read_rows(spec.path, "parquet")
+        _check_verl(rows, spec.path)
         preset = VERL_FIELDS
         fields = Fields(fields.id or preset.id, fields.problem or preset.problem, fields.answer or preset.answer)
-        return problems_from_rows(rows, data.path, fields)
-    return problems_from_rows(read_rows(data.path, split="train"), data.path, fields, TRL_CANDIDATES)
+        return problems_from_rows(rows, spec.path, fields)
+    return problems_from_rows(read_rows(spec.path, split="train"), spec.path, fields, TRL_CANDIDATES)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One loaded source of the training mixture: its name ("" for the single-source form), weight and problems
+    (ids prefixed `NAME/`, `Problem.source` set, for a named source)."""
+
+    name: str
+    weight: float
+    problems: tuple[Problem, ...]
+
+
+def load_training_mixture(data: DataSection, seed: int) -> list[Source]:
+    """The training sources `data` names: its `sources`, else its one dataset as one unnamed source."""
+    specs: list[SourceFields] = list(data.sources) or [data]
+    mixture = []
+    for spec in specs:
+        problems = load_source(spec, seed)
+        if isinstance(spec, DataSource):
+            problems = [replace(p, id=f"{spec.name}/{p.id}", source=spec.name) for p in problems]
+        mixture.append(Source(getattr(spec, "name", ""), getattr(spec, "weight", 1.0), tuple(problems)))
+    return mixture
+
+
+def load_training_problems(data: DataSection, seed: int) -> list[Problem]:
+    """Every training problem `data` names, source after source."""
+    return [p for source in load_training_mixture(data, seed) for p in source.problems]
+
+
+def source_slots(weights: Sequence[float], slots: int) -> list[int]:
+    """The source of each of the first `slots` prompt slots of a mixture: slot k goes to the source furthest below
+    its share of k+1 slots, (k+1) * w / sum(w) minus the slots it has (ties: the first listed). Deterministic, and
+    every source's count stays within one slot of its share at every k, so any `count` consecutive slots (one
+    iteration's) hold each source in proportion to its weight, to within a slot or two."""
+    total, taken, chosen = sum(weights), [0] * len(weights), []
+    for k in range(slots):
+        behind = [(k + 1) * w / total - n for w, n in zip(weights, taken, strict=True)]
+        source = max(range(len(weights)), key=lambda s: (behind[s], -s))
+        taken[source] += 1
+        chosen.append(source)
+    return chosen
+
+
+def mixture_position(sizes: Mapping[str, int], weights: Mapping[str, float], count: int, run_id: str, seed: int,
+                     iteration: int) -> dict:  # fmt: skip
+    """Where iteration `iteration` starts reading each source (`data_position` per source, the cursor counting the
+    source's slots before the iteration): a function of (run, seed, iteration), the weights and the sources' sizes.
+    The single-source form's position is `data_position`'s, unchanged."""
+    if list(sizes) == [""]:
+        return data_position(sizes[""], count, run_id, seed, iteration)
+    names = list(sizes)
+    before = source_slots([weights[n] for n in names], iteration * count)
+    sources = {}
+    for index, name in enumerate(names):
+        cursor = before.count(index)
+        epoch, offset = divmod(cursor, sizes[name])
+        sources[name] = {"cursor": cursor, "epoch": epoch, "offset": offset, "dataset_size": sizes[name]}
+    return {
+        "run_id": run_id, "seed": seed, "iteration": iteration, "cursor": iteration * count,
+        "dataset_size": sum(sizes.values()), "prompts_per_iteration": count, "sources": sources,
+    }  # fmt: skip
+
+
+def mixture_prompts(mixture: Sequence[Source], count: int, run_id: str, seed: int, iteration: int) -> list[Problem]:
+    """The prompts of one iteration of a mixture, a function of (run, seed, iteration) alone: slots
+    iteration*count..(iteration+1)*count-1 (`source_slots`), each the next prompt of its source's own walk
+    (`prompts_for_iteration`'s epochs, seeded by the source's name too). One unnamed source: `prompts_for_iteration`."""
+    if [s.name for s in mixture] == [""]:
+        return prompts_for_iteration(mixture[0].problems, count, run_id, seed, iteration)
+    slots = source_slots([s.weight for s in mixture], (iteration + 1) * count)
+    cursors = [slots[: iteration * count].count(index) for index in range(len(mixture))]
+    chosen = []
+    for index in slots[iteration * count :]:
+        source = mixture[index]
+        chosen.append(_walk(source.problems, cursors[index], ("prompts", run_id, seed, source.name)))
+        cursors[index] += 1
+    return chosen
+
+
+def refill_prompts(mixture: Sequence[Source], count: int, run_id: str, seed: int, iteration: int, round_: int,
+                   exclude: Collection[str]) -> list[Problem]:  # fmt: skip
+    """`count` more prompts for generation round `round_` (from 1) of an iteration (DAPO's dynamic sampling refill):
+    a function of (run, seed, iteration, round) and `exclude` (the ids the iteration drew before, skipped). The
+    slots are split as an iteration's (`source_slots`); each source is read in a permutation seeded by (run, seed,
+    iteration, round, source). A source with no prompt left outside `exclude` fills no more slots."""
+    orders = [
+        [p for p in _permuted(s.problems, derive_seed("refill", run_id, seed, iteration, round_, s.name))
+         if p.id not in exclude]
+        for s in mixture
+    ]  # fmt: skip
+    taken = [0] * len(mixture)
+    chosen = []
+    for index in source_slots([s.weight for s in mixture], count):
+        if taken[index] < len(orders[index]):
+            chosen.append(orders[index][taken[index]])
+            taken[index] += 1
+    return chosen
+
+
+def _permuted(problems: Sequence[Problem], seed: int) -> list[Problem]:
+    return [problems[int(k)] for k in _epoch_order(len(problems), seed)]
+
+
+def _walk(problems: Sequence[Problem], position: int, key: tuple) -> Problem:
+    """The problem at `position` of the walk through `problems` in epochs, each permuted by the seed (*key, epoch)."""
+    epoch, offset = divmod(position, len(problems))
+    return problems[int(_epoch_order(len(problems), derive_seed(*key, epoch))[offset])]
 
 
 def prompts_for_iteration(
@@ -260,13 +368,8 @@ def prompts_for_iteration(
     The dataset is walked in epochs, each a permutation seeded by (run, seed, epoch), and iteration i takes the
     next `count` positions, so no prompt repeats within an epoch and a resumed run sees the same prompts.
     """
-    chosen = []
     start = data_position(len(problems), count, run_id, seed, iteration)["cursor"]
-    for position in range(start, start + count):
-        epoch, offset = divmod(position, len(problems))
-        order = _epoch_order(len(problems), derive_seed("prompts", run_id, seed, epoch))
-        chosen.append(problems[int(order[offset])])
-    return chosen
+    return [_walk(problems, position, ("prompts", run_id, seed)) for position in range(start, start + count)]
 
 
 def data_position(dataset_size: int, count: int, run_id: str, seed: int, iteration: int) -> dict:
@@ -281,6 +384,6 @@ def data_position(dataset_size: int, count: int, run_id: str, seed: int, iterati
     }  # fmt: skip
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=16)
 def _epoch_order(n: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))

@@ -44,6 +44,7 @@ class UpdateRequest:
     advantage_config: AdvantageConfig
     trainer: UpdateConfig
     dynamic_sampling: bool = False
+    max_groups: int | None = None  # with dynamic_sampling: train on the first max_groups mixed groups only (refill)
     client_state: dict = field(default_factory=dict)
 
 
@@ -78,6 +79,8 @@ def run_update(request: UpdateRequest) -> UpdateResult:
         rewards, group_index, batch.response_mask, planning, entropy, request.advantage_config
     )
     keep = mixed_groups(rewards, group_index) if request.dynamic_sampling else torch.ones(len(batch), dtype=torch.bool)
+    if request.max_groups is not None:
+        keep &= torch.isin(group_index, group_index[keep].unique()[: request.max_groups])
     steps = []
     if bool(keep.any()):
         kept = keep.nonzero()[:, 0]

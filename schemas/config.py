@@ -63,7 +63,9 @@ class ModelSection(Section):
         return self
 
 
-class DataSection(Section):
+class SourceFields(Section):
+    """One training dataset: where it is and which row fields hold the id, problem and answer."""
+
     source: Literal["synthetic", "jsonl", "verl", "hf"] = Field(
         "synthetic",
         description="`synthetic`: the tiny task's word problems; `jsonl`: a JSONL file of problems; `verl`: a Parquet "
@@ -90,6 +92,38 @@ class DataSection(Section):
         "`solution`, the first the first row has (verl: `reward_model.ground_truth`).",
     )
     synthetic_size: int = Field(5000, ge=1, description="Number of synthetic training problems to draw prompts from.")
+
+    @model_validator(mode="after")
+    def _path_for_files(self) -> SourceFields:
+        if self.source != "synthetic" and not self.path:
+            raise ValueError(f"data.path is required when data.source is '{self.source}'")
+        if self.path and self.path.startswith("hf:") and self.source != "hf":
+            raise ValueError(f"data.path {self.path!r} names a hub dataset: set data.source to 'hf'")
+        if self.path and self.source == "hf" and self.path.startswith("hf:") and not self.path[3:].partition(":")[0]:
+            raise ValueError("data.path 'hf:NAME[:SPLIT]' needs a dataset NAME")
+        return self
+
+
+class DataSource(SourceFields):
+    """One source of a training mixture (`data.sources`): any reader, a name and a weight."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Names the source: its problem ids are prefixed `NAME/` (unique across sources) and its own "
+        "prompt order is seeded by it.",
+    )
+    weight: float = Field(1.0, gt=0, description="Share of each iteration's prompts, relative to the other sources.")
+    template: str | None = Field(None, description="This source's prompt template; default: data.template.")
+
+
+class DataSection(SourceFields):
+    sources: list[DataSource] = Field(
+        default_factory=list,
+        description="A training mixture: each source any reader (the fields above, per source), with a name and a "
+        "weight. Iteration i's prompts fill slots i*P..(i+1)*P-1 (P: rollout.prompts_per_iteration) of one stream; "
+        "slot k goes to the source furthest below its weight's share of k+1 slots (ties: the first listed), and "
+        "each source is read in its own seeded epochs. Empty: the one dataset of data.source/path.",
+    )
     template: str | None = Field(
         None,
         description="Template with `{problem}`: the user message (with use_chat_template and a text prompt) or the "
@@ -102,14 +136,20 @@ class DataSection(Section):
     )
 
     @model_validator(mode="after")
-    def _path_for_files(self) -> DataSection:
-        if self.source != "synthetic" and not self.path:
-            raise ValueError(f"data.path is required when data.source is '{self.source}'")
-        if self.path and self.path.startswith("hf:") and self.source != "hf":
-            raise ValueError(f"data.path {self.path!r} names a hub dataset: set data.source to 'hf'")
-        if self.path and self.source == "hf" and self.path.startswith("hf:") and not self.path[3:].partition(":")[0]:
-            raise ValueError("data.path 'hf:NAME[:SPLIT]' needs a dataset NAME")
+    def _one_form(self) -> DataSection:
+        if self.sources:
+            single = {"source", "path", "id_field", "problem_field", "answer_field", "synthetic_size"}
+            if given := sorted(single & self.model_fields_set):
+                fields = ", ".join(f"data.{name}" for name in given)
+                raise ValueError(f"set data.sources or {fields}, not both (each source has its own)")
+            names = [s.name for s in self.sources]
+            if len(set(names)) < len(names):
+                raise ValueError(f"data.sources: names must be unique, got {names}")
         return self
+
+    def template_for(self, source: str) -> str | None:
+        """The prompt template of a problem from the source named `source` ("": the single-source form)."""
+        return next((s.template for s in self.sources if s.name == source and s.template), self.template)
 
 
 class RolloutSection(Section):
@@ -121,6 +161,13 @@ class RolloutSection(Section):
     prompts_per_iteration: int = Field(16, ge=1, description="Prompts drawn per iteration.")
     group_size: int = Field(4, ge=1, description="G: responses sampled per prompt (one GRPO group).")
     max_new_tokens: int = Field(128, ge=1, description="Response length limit in tokens.")
+    grow_max_new_tokens: int | None = Field(
+        None,
+        description="Context growth (the paper's 16K -> 32K): the response limit from the iteration after one whose "
+        "share of truncated responses (finish_reason `length`) exceeded `grow_clip_rate`, for the rest of the run; "
+        "each iteration's limit is recorded (metric `max_new_tokens`). null: off.",
+    )
+    grow_clip_rate: float = Field(0.2, ge=0, lt=1, description="Clip rate above which the context grows (paper: 20%).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (the update divides logits by it too).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     batch_size: int = Field(64, ge=1, description="Sequences generated together (vLLM: its `max_num_seqs`).")
@@ -161,6 +208,8 @@ class RolloutSection(Section):
     def _parallel_for_vllm(self) -> RolloutSection:
         if self.tensor_parallel_size > 1 and self.backend != "vllm":
             raise ValueError("rollout.tensor_parallel_size > 1 needs rollout.backend 'vllm'")
+        if self.grow_max_new_tokens is not None and self.grow_max_new_tokens <= self.max_new_tokens:
+            raise ValueError("rollout.grow_max_new_tokens must exceed rollout.max_new_tokens")
         return self
 
 
@@ -235,6 +284,14 @@ class AlgorithmSection(Section):
     dynamic_sampling: bool = Field(
         False, description="DAPO dynamic sampling: drop groups whose rewards are all equal before the update."
     )
+    dynamic_sampling_rounds: int = Field(
+        1,
+        ge=1,
+        description="DAPO's refill, with dynamic_sampling: at most this many generation rounds per iteration. After "
+        "each round the rollout stage scores its responses; while fewer than rollout.prompts_per_iteration groups have "
+        "mixed rewards it draws prompts_per_iteration more prompts (seeded by run, seed, iteration and round) and "
+        "generates again; the update trains on the first prompts_per_iteration mixed groups. 1: drop only, no refill.",
+    )
     clip_low: float = Field(0.2, ge=0, lt=1, description="PPO clip range below 1 (eps_low).")
     clip_high: float = Field(0.28, ge=0, description="PPO clip range above 1 (eps_high, DAPO clip-higher).")
     dual_clip: float | None = Field(
@@ -248,6 +305,12 @@ class AlgorithmSection(Section):
     )
     kl_coef: float = Field(0.0, ge=0, description="Weight of the KL penalty to the frozen base policy; 0 is off.")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="Per-token KL estimator.")
+
+    @model_validator(mode="after")
+    def _refill_needs_dropping(self) -> AlgorithmSection:
+        if self.dynamic_sampling_rounds > 1 and not self.dynamic_sampling:
+            raise ValueError("algorithm.dynamic_sampling_rounds > 1 needs algorithm.dynamic_sampling: true")
+        return self
 
 
 class NodesSection(Section):
@@ -438,19 +501,42 @@ class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file and the field."""
 
 
+def read_config_file(path: Path, _including: tuple[Path, ...] = ()) -> dict:
+    """A config file's mapping with the files it `extends` merged under it (see `load_config`)."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}" + (f" (extended by {_including[-1]})" if _including else ""))
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    bases = raw.pop("extends", [])
+    merged: dict = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        base_path = (path.parent / base).resolve()
+        if base_path in (*_including, path.resolve()):
+            raise ConfigError(f"{path}: `extends: {base}` includes itself")
+        merged = _merge(merged, read_config_file(base_path, (*_including, path.resolve())))
+    return _merge(merged, raw)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """`over` merged into a copy of `base`: mappings key by key, any other value replaces."""
+    merged = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merge(merged[key], value) if both else value
+    return merged
+
+
 def load_config(path: str | Path | None = None, **overrides: object) -> RunConfig:
-    """Load a YAML run config (or the defaults when path is None) and apply dotted overrides like `run.id`."""
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    """Load a YAML run config (or the defaults when path is None) and apply dotted overrides like `run.id`.
+
+    A file may start from others: `extends: base.yaml` (or a list, merged in order), paths relative to the file;
+    its own keys are merged over theirs (mappings key by key, any other value replaces the base's).
+    """
+    raw: dict = read_config_file(Path(path)) if path is not None else {}
     for dotted, value in overrides.items():
         if value is None:
             continue

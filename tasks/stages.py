@@ -18,8 +18,16 @@ from prefect.cache_policies import NO_CACHE
 from transformers import AutoTokenizer
 
 from hicra.cache import resolve_model_path
-from hicra.core_algos import AdvantageConfig, group_advantage
-from hicra.data import DataError, data_position, load_training_problems, prompts_for_iteration
+from hicra.core_algos import AdvantageConfig, group_advantage, mixed_groups
+from hicra.data import (
+    DataError,
+    Problem,
+    Source,
+    load_training_mixture,
+    mixture_position,
+    mixture_prompts,
+    refill_prompts,
+)
 from hicra.generate import Generator, HFGenerator, VLLMGenerator, derive_seed
 from hicra.grams import GramMatcher, annotate, grams_version
 from hicra.metrics import conditional_entropy, fork_overlap, semantic_entropy, token_class_stats
@@ -64,51 +72,121 @@ def prepare_policy(config: RunConfig) -> str:
     return str(path)
 
 
-def _data_position(config: RunConfig, dataset_size: int, iteration: int) -> dict:
-    """Where iteration `iteration` starts reading the training prompts (hicra.data.data_position)."""
-    run = config.run
-    return data_position(dataset_size, config.rollout.prompts_per_iteration, run.id, run.seed, iteration)
+def _data_position(config: RunConfig, sizes: dict[str, int], iteration: int) -> dict:
+    """Where iteration `iteration` starts reading each training source (hicra.data.mixture_position)."""
+    run, weights = config.run, {s.name: s.weight for s in config.data.sources} or {"": 1.0}
+    return mixture_position(sizes, weights, config.rollout.prompts_per_iteration, run.id, run.seed, iteration)
 
 
-def _check_data_position(store: Warehouse, config: RunConfig, iteration: int, dataset_size: int) -> None:
+def _check_data_position(store: Warehouse, config: RunConfig, iteration: int, sizes: dict[str, int]) -> None:
     """The data position saved with the previous checkpoint must be the one (run, iteration, seed) give now: else
-    the dataset changed size since, and the run would not draw the prompts its first start would have."""
+    a dataset changed size since, and the run would not draw the prompts its first start would have."""
     saved = store.read_commit(config.run.id, iteration - 1, "update") if iteration > 0 else None
-    expected = _data_position(config, dataset_size, iteration)
+    expected = _data_position(config, sizes, iteration)
     position = saved.info.get("data_position") if saved else None
-    if position is not None and {k: position[k] for k in expected} != expected:
+    if position is not None and {k: position.get(k) for k in expected} != expected:
         raise DataError(
             f"run {config.run.id!r} iteration {iteration}: the checkpoint of iteration {iteration - 1} saved data "
             f"position {position['cursor']} of {position['dataset_size']} prompts, but the dataset now has "
-            f"{dataset_size} prompts (it changed since the run started); use a new run id"
+            f"{sum(sizes.values())} prompts (it changed since the run started); use a new run id"
         )
+
+
+def _context_limit(store: Warehouse, config: RunConfig, iteration: int) -> int:
+    """This iteration's response limit: rollout.max_new_tokens, or with context growth rollout.grow_max_new_tokens
+    from the iteration after one whose clip rate (share of responses with finish_reason `length`) exceeded
+    rollout.grow_clip_rate. Read from the previous iteration's committed rollouts, so a resumed run gets the same."""
+    ro = config.rollout
+    if ro.grow_max_new_tokens is None or iteration == 0:
+        return ro.max_new_tokens
+    if store.read_commit(config.run.id, iteration - 1, "rollout").info.get("max_new_tokens") == ro.grow_max_new_tokens:
+        return ro.grow_max_new_tokens
+    reasons = store.read_table("rollouts", config.run.id, iteration - 1).column("finish_reason").to_pylist()
+    clipped = sum(r == "length" for r in reasons) / max(len(reasons), 1)
+    return ro.grow_max_new_tokens if clipped > ro.grow_clip_rate else ro.max_new_tokens
+
+
+def _used_limit(store: Warehouse, config: RunConfig, iteration: int) -> int:
+    """The response limit the iteration's rollout used (recorded in its commit; older rollouts: the config's)."""
+    info = store.read_commit(config.run.id, iteration, "rollout").info
+    return info.get("max_new_tokens", config.rollout.max_new_tokens)
 
 
 @stage_task("rollout", gpu=True)
 def rollout(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: str) -> str:
-    """Sample G responses for each of the iteration's prompts with the previous iteration's policy."""
+    """Sample G responses for each of the iteration's prompts with the previous iteration's policy (more rounds of
+    prompts with DAPO's refill, see `_generate_rounds`), at this iteration's response limit (`_context_limit`)."""
     run, ro = config.run, config.rollout
-    problems = load_training_problems(config.data, run.seed)
-    _check_data_position(store, config, iteration, len(problems))
-    prompts = prompts_for_iteration(problems, ro.prompts_per_iteration, run.id, run.seed, iteration)
+    mixture = load_training_mixture(config.data, run.seed)
+    sizes = {source.name: len(source.problems) for source in mixture}
+    _check_data_position(store, config, iteration, sizes)
+    limit = _context_limit(store, config, iteration)
     generator = _generator(ro, policy_dir(store, config, iteration, base_model_dir))
+    rows, rounds = _generate_rounds(config, iteration, generator, mixture, limit)
+    clip_rate = sum(r.finish_reason == "length" for r in rows) / len(rows)
+    metrics = {"max_new_tokens": float(limit), "clip_rate": clip_rate, "generation_rounds": float(rounds)}
+    # dataset sizes: for the data position the update saves (no second dataset load); the limit: for verify, update
+    info = {"dataset_size": sum(sizes.values()), "dataset_sizes": sizes, "max_new_tokens": limit, "rounds": rounds}
+    tables = {"rollouts": to_table(RolloutRow, rows), "metrics": _metrics_table(config, iteration, "rollout", metrics)}
+    store.commit_stage(run.id, iteration, "rollout", tables, info)
+    return f"{len(rows)} responses, {sum(r.response_length for r in rows)} tokens"
+
+
+def _generate_rounds(
+    config: RunConfig, iteration: int, generator: Generator, mixture: list[Source], limit: int
+) -> tuple[list[RolloutRow], int]:
+    """The iteration's rollouts and the number of generation rounds they took.
+
+    Round 1 samples the iteration's prompts. With DAPO's refill (algorithm.dynamic_sampling_rounds > 1) each round
+    is scored here and, while fewer than prompts_per_iteration groups have mixed rewards, round r + 1 samples
+    `refill_prompts` for round r (seeded by run, seed, iteration, round; none drawn before in the iteration). Group g
+    came from round g // prompts_per_iteration + 1; every round's rollouts are kept (the update drops equal groups).
+    """
+    run, ro, rounds = config.run, config.rollout, config.algorithm.dynamic_sampling_rounds
+    prompts = mixture_prompts(mixture, ro.prompts_per_iteration, run.id, run.seed, iteration)
+    rows: list[RolloutRow] = []
+    rewards: list[float] = []
+    for round_ in range(1, rounds + 1):
+        rows += _sample(config, iteration, generator, prompts, len(rows) // ro.group_size, limit)
+        if round_ == rounds:
+            break
+        new = to_table(RolloutRow, rows[len(rewards) :]).to_pydict()
+        rewards += [score.reward for score in _score(config, iteration, new, limit)]
+        groups = torch.tensor([r.group_index for r in rows])
+        if len(groups[mixed_groups(torch.tensor(rewards), groups)].unique()) >= ro.prompts_per_iteration:
+            break
+        used = {r.prompt_id for r in rows}
+        prompts = refill_prompts(mixture, ro.prompts_per_iteration, run.id, run.seed, iteration, round_, used)
+        if not prompts:
+            break
+    return rows, round_
+
+
+def _sample(
+    config: RunConfig, iteration: int, generator: Generator, prompts: list[Problem], first_group: int, limit: int
+) -> list[RolloutRow]:
+    """G responses to each prompt, as rollouts of groups first_group, first_group + 1, ..."""
+    run, ro = config.run, config.rollout
     texts = [
-        render_prompt(p.problem, generator.tokenizer, config.data.template, config.data.use_chat_template, p.messages)
+        render_prompt(
+            p.problem, generator.tokenizer, config.data.template_for(p.source), config.data.use_chat_template,
+            p.messages,
+        )
         for p in prompts
-    ]
+    ]  # fmt: skip
     prompt_ids = generator.encode_prompts(texts)
     jobs = [(g, s) for g in range(len(prompts)) for s in range(ro.group_size)]
     seeds = [derive_seed("sample", run.id, run.seed, iteration, prompts[g].id, s) for g, s in jobs]
     outputs = generator.generate(
-        [prompt_ids[g] for g, _ in jobs], seeds, ro.max_new_tokens, ro.temperature, ro.top_p, ro.batch_size
+        [prompt_ids[g] for g, _ in jobs], seeds, limit, ro.temperature, ro.top_p, ro.batch_size
     )
-    rows = [
+    return [
         RolloutRow(
             run_id=run.id,
             iteration=iteration,
-            rollout_id=f"{run.id}/{iteration}/{g}/{s}",
+            rollout_id=f"{run.id}/{iteration}/{first_group + g}/{s}",
             prompt_id=prompts[g].id,
-            group_index=g,
+            group_index=first_group + g,
             sample_index=s,
             prompt=texts[g],
             reference=prompts[g].answer,
@@ -123,9 +201,6 @@ def rollout(store: Warehouse, config: RunConfig, iteration: int, base_model_dir:
         )
         for (g, s), seed, out in zip(jobs, seeds, outputs, strict=True)
     ]
-    info = {"dataset_size": len(problems)}  # for the data position the update saves (no second dataset load)
-    store.commit_stage(run.id, iteration, "rollout", {"rollouts": to_table(RolloutRow, rows)}, info)
-    return f"{len(rows)} responses, {sum(r.response_length for r in rows)} tokens"
 
 
 def _generator(ro: RolloutSection, model_dir: Path) -> Generator:
@@ -156,13 +231,20 @@ def _verifier(workers: int, timeout_s: float, extractors: tuple[str, ...]) -> Ve
 def verify(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: str) -> str:
     """Score every rollout against its reference with math-verify in worker processes under a deadline."""
     rollouts = store.read_table("rollouts", config.run.id, iteration).to_pydict()
+    rows = _score(config, iteration, rollouts, _used_limit(store, config, iteration))
+    store.commit_stage(config.run.id, iteration, "verify", {"scores": to_table(ScoreRow, rows)})
+    return f"{len(rows)} scored, {sum(r.status != 'ok' for r in rows)} not ok"
+
+
+def _score(config: RunConfig, iteration: int, rollouts: dict[str, list], max_length: int) -> list[ScoreRow]:
+    """The verifier's verdicts and shaped rewards of rollouts (columns rollout_id, response, reference and
+    response_length)."""
     vc = config.verifier
     results = _verifier(vc.workers, vc.timeout_s, tuple(vc.extractors)).score(
         rollouts["response"], rollouts["reference"]
     )
     shaping = RewardConfig(**config.reward.model_dump())
-    max_length = config.rollout.max_new_tokens
-    rows = [
+    return [
         ScoreRow(
             run_id=config.run.id,
             iteration=iteration,
@@ -176,8 +258,6 @@ def verify(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: 
         )
         for rid, r, length in zip(rollouts["rollout_id"], results, rollouts["response_length"], strict=True)
     ]
-    store.commit_stage(config.run.id, iteration, "verify", {"scores": to_table(ScoreRow, rows)})
-    return f"{len(rows)} scored, {sum(r.status != 'ok' for r in results)} not ok"
 
 
 @stage_task("annotate")
@@ -235,10 +315,11 @@ def update(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: 
     planning = _by_rollout(store.read_table("planning", run.id, iteration), "planning_mask")
     # saved with the checkpoint: the next iteration's data position, and the prompts this iteration consumed
     consumed = [p for p, s in zip(rollouts["prompt_id"], rollouts["sample_index"], strict=True) if s == 0]
-    dataset_size = store.read_commit(run.id, iteration, "rollout").info.get("dataset_size")
-    if dataset_size is None:  # a rollout committed before rollouts recorded it
-        dataset_size = len(load_training_problems(config.data, run.seed))
-    position = {**_data_position(config, dataset_size, iteration + 1), "consumed_prompt_ids": consumed}
+    info = store.read_commit(run.id, iteration, "rollout").info
+    sizes = info.get("dataset_sizes") or {"": info.get("dataset_size")}
+    if sizes == {"": None}:  # a rollout committed before rollouts recorded it
+        sizes = {source.name: len(source.problems) for source in load_training_mixture(config.data, run.seed)}
+    position = {**_data_position(config, sizes, iteration + 1), "consumed_prompt_ids": consumed}
     final = store.checkpoint_dir(run.id, iteration)
     nodes = config.trainer.nodes
     with _update_staging(store, config, iteration) as staging:
@@ -262,6 +343,7 @@ def update(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: 
             ),
             trainer=_update_config(config, iteration),
             dynamic_sampling=algo.dynamic_sampling,
+            max_groups=config.rollout.prompts_per_iteration if algo.dynamic_sampling_rounds > 1 else None,
             client_state={"run_id": run.id, "iteration": iteration, "data_position": position},
         )
         processes, launch = config.trainer.num_processes, None

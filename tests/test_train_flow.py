@@ -271,9 +271,9 @@ def test_changed_dataset_size_is_refused_at_the_next_rollout(trained):
     """A dataset that changed size since the checkpoint was saved would move every later iteration's prompts."""
     root, config, _ = trained
     run_config = load_config(config)
-    _check_data_position(Warehouse(root), run_config, 1, 5000)  # unchanged: fine
+    _check_data_position(Warehouse(root), run_config, 1, {"": 5000})  # unchanged: fine
     with pytest.raises(DataError, match=r"saved data position 8 of 5000 prompts, but the dataset now has 4999"):
-        _check_data_position(Warehouse(root), run_config, 1, 4999)
+        _check_data_position(Warehouse(root), run_config, 1, {"": 4999})
 
 
 def test_runs_and_status_commands(trained, capsys):
