@@ -15,19 +15,12 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
+from cli.common import ROOT_HELP, warehouse_root
 from warehouse.catalog import init_sql, query
 from warehouse.export import EXPORT_FORMATS, export_rollouts
-from warehouse.store import ROOT_HELP, Warehouse, default_root
+from warehouse.store import Warehouse
 
 FORMATS = ("table", "csv", "json", "parquet")
-
-
-def _existing_root(args: argparse.Namespace) -> str:
-    """The warehouse root the arguments name; an error if nothing is there (rather than empty views)."""
-    root = default_root(args.warehouse)
-    if not Warehouse(root).exists():
-        raise FileNotFoundError(f"no warehouse at {root!r} (use --warehouse or $HICRA_WAREHOUSE)")
-    return root
 
 
 def _plain(value: object) -> object:
@@ -57,14 +50,14 @@ def write_result(result: pa.Table, fmt: str, out: TextIO) -> None:
 
 def cmd_sql(args: argparse.Namespace) -> int:
     if args.init_file:
-        print(init_sql(_existing_root(args)))
+        print(init_sql(warehouse_root(args, must_exist=True)))
         return 0
     if args.statement is None:
         raise ValueError("give a SQL statement (or --init-file)")
     if args.format == "parquet" and not args.out:
         raise ValueError("--format parquet needs --out FILE")
     try:
-        result = query(_existing_root(args), args.statement, read_only=True)
+        result = query(warehouse_root(args, must_exist=True), args.statement, read_only=True)
     except duckdb.Error as err:  # DuckDB's first line names the problem; the rest repeats the statement
         raise ValueError(str(err).splitlines()[0]) from None
     if args.format == "parquet":
@@ -78,15 +71,15 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    rows = export_rollouts(_existing_root(args), args.run, args.format, args.out, args.iteration)
+    rows = export_rollouts(warehouse_root(args, must_exist=True), args.run, args.format, args.out, args.iteration)
     which = f"iteration {args.iteration}" if args.iteration is not None else "all iterations"
     print(f"exported {rows} scored rollouts of run {args.run!r} ({which}) to {args.out} ({args.format})")
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    store = Warehouse(_existing_root(args))
-    problems = store.verify(args.run)
+    store = Warehouse(warehouse_root(args, must_exist=True))
+    problems = store.check_files(args.run)
     files = sum(len(c.files) for c in store.commits(args.run))
     for p in problems:
         print(f"{p.kind:9} {p.path}: {p.detail}")
@@ -95,7 +88,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    store = Warehouse(_existing_root(args))
+    store = Warehouse(warehouse_root(args, must_exist=True))
     sweep = store.gc(min_age=args.min_age, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for path in sweep.removed:
