@@ -20,7 +20,6 @@ import yaml
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from hicra.data import Fields
 from hicra.evaluate import (
@@ -35,7 +34,7 @@ from hicra.evaluate import (
 from hicra.generate import HFGenerator
 from schemas.config import GPU_TAG, EvalProtocol, RunConfig
 from schemas.tables import EvalResultRow, to_table
-from tasks.common import console, local_checkpoint, open_warehouse, run_unless_committed, shared_verifier
+from tasks.common import console, local_checkpoint, open_warehouse, progress_bar, run_unless_committed, shared_verifier
 from warehouse.catalog import query
 from warehouse.store import Warehouse
 
@@ -161,10 +160,6 @@ def pending_eval_stages(config: RunConfig, iteration: int) -> list[str]:
     return [stage for stage in stages if not store.is_committed(config.run.id, iteration, stage)]
 
 
-def _advance(bar: Progress, job: TaskID, done: int) -> None:
-    bar.update(job, completed=done)
-
-
 def _evaluate_suite(
     store: Warehouse,
     checkpoint: Checkpoint,
@@ -177,10 +172,12 @@ def _evaluate_suite(
 ) -> str:
     """Evaluate one checkpoint on one suite and commit the results; returns a one-line report."""
     verifier = shared_verifier(verifier_workers, verifier_timeout_s, settings.extractors)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        job = bar.add_task(f"{checkpoint.id} {suite.name}", total=len(suite.problems) * settings.samples)
-        progress = partial(_advance, bar, job)
+    total = len(suite.problems) * settings.samples
+    with progress_bar(f"{checkpoint.id} {suite.name}", total, "samples") as advance:
+
+        def progress(done: int, tokens: int) -> None:
+            advance(done, f"{tokens} tokens")
+
         samples = evaluate_suite(generator(), verifier, suite, settings, checkpoint.id, batch_size, progress)
     digest = settings.digest()
     table = to_table(EvalResultRow, _rows(checkpoint, digest, samples, suite.name))

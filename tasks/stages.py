@@ -46,7 +46,7 @@ from schemas.tables import (
     TrainStepRow,
     to_table,
 )
-from tasks.common import console, local_checkpoint, policy_dir, shared_verifier, stage_task
+from tasks.common import console, local_checkpoint, policy_dir, progress_bar, shared_verifier, stage_task
 from tasks.mining import planning_grams
 from warehouse.store import Warehouse
 
@@ -174,9 +174,14 @@ def _sample(
     prompt_ids = generator.encode_prompts(texts)
     jobs = [(g, s) for g in range(len(prompts)) for s in range(ro.group_size)]
     seeds = [derive_seed("sample", run.id, run.seed, iteration, prompts[g].id, s) for g, s in jobs]
-    outputs = generator.generate(
-        [prompt_ids[g] for g, _ in jobs], seeds, limit, ro.temperature, ro.top_p, ro.batch_size
-    )
+    with progress_bar(f"iteration {iteration} rollout", len(jobs), "responses") as advance:
+
+        def progress(done: int, tokens: int) -> None:
+            advance(done, f"{tokens} tokens")
+
+        outputs = generator.generate(
+            [prompt_ids[g] for g, _ in jobs], seeds, limit, ro.temperature, ro.top_p, ro.batch_size, progress
+        )
     return [
         RolloutRow(
             run_id=run.id,
@@ -229,9 +234,9 @@ def _score(config: RunConfig, iteration: int, rollouts: dict[str, list], max_len
     """The verifier's verdicts and shaped rewards of rollouts (columns rollout_id, response, reference and
     response_length)."""
     vc = config.verifier
-    results = shared_verifier(vc.workers, vc.timeout_s, tuple(vc.extractors)).score(
-        rollouts["response"], rollouts["reference"]
-    )
+    verifier = shared_verifier(vc.workers, vc.timeout_s, tuple(vc.extractors))
+    with progress_bar(f"iteration {iteration} verify", len(rollouts["response"]), "graded") as advance:
+        results = verifier.score(rollouts["response"], rollouts["reference"], advance)
     shaping = from_sections(RewardConfig, config.reward)
     return [
         ScoreRow(
