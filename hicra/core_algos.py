@@ -235,12 +235,6 @@ def aggregate_loss(
     raise ValueError(f"unknown loss aggregation {mode!r}")
 
 
-def entropy_from_logits(logits: Tensor) -> Tensor:
-    """Entropy of the softmax distribution along the last dim: (..., V) -> (...)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
-
-
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Mean of values (B, T) over positions where mask (B, T) is 1; 0 when the mask is empty."""
     mask = mask.to(values.dtype)

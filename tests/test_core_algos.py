@@ -23,7 +23,7 @@ from hicra.core_algos import (
     random_ngram_mask,
     top_entropy_mask,
 )
-from hicra.trainer import Rollouts, token_logprobs
+from hicra.trainer import Rollouts, response_logprobs, token_logprobs
 
 REWARDS = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0])
 GROUPS = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2])
@@ -231,3 +231,57 @@ def test_amplify_is_out_of_place():
     adv = torch.tensor([[1.0, -1.0]])
     out = amplify(adv, torch.tensor([[1.0, 1.0]]), 0.2)
     assert adv.tolist() == [[1.0, -1.0]] and torch.allclose(out, torch.tensor([[1.2, -0.8]]))
+
+
+def _naive_logprobs(logits, response_index, response_ids, temperature):
+    """The straightforward reference: every position's full log-softmax (what the update computed before issue 14)."""
+    picked = logits.gather(1, (response_index - 1)[..., None].expand(-1, -1, logits.shape[-1])).float() / temperature
+    logp = torch.log_softmax(picked, dim=-1)
+    return logp.gather(-1, response_ids[..., None])[..., 0], -(logp.exp() * logp).sum(-1)
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 3, 1000])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_response_logprobs_equal_the_naive_values_and_gradients(chunk_tokens, temperature):
+    generator = torch.Generator().manual_seed(chunk_tokens)
+    vocab = 11
+    logits = (torch.randn(3, 7, vocab, generator=generator) * 3).requires_grad_()
+    # row 2 is padded: its last positions repeat the last real one, as Rollouts clamps them (duplicate positions)
+    response_index = torch.tensor([[3, 4, 5, 6], [1, 2, 3, 4], [5, 6, 6, 6]])
+    response_ids = torch.randint(0, vocab, (3, 4), generator=generator)
+    weights = torch.randn(2, 3, 4, generator=generator)
+
+    def value_and_grad(fn, **kwargs):
+        logits.grad = None
+        logprob, entropy = fn(logits, response_index, response_ids, temperature, **kwargs)
+        ((logprob * weights[0]).sum() + (entropy * weights[1]).sum()).backward()
+        return logprob.detach(), entropy.detach(), logits.grad.clone()
+
+    want = value_and_grad(_naive_logprobs)
+    got = value_and_grad(response_logprobs, entropy_grad=True, chunk_bytes=4 * vocab * chunk_tokens)
+    for a, b in zip(got, want, strict=True):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    # without entropy_grad the entropy is a constant: the gradient is the log-prob's alone
+    logits.grad = None
+    logprob, entropy = response_logprobs(logits, response_index, response_ids, temperature)
+    assert not entropy.requires_grad
+    (logprob * weights[0]).sum().backward()
+    reference = logits.detach().clone().requires_grad_()
+    (_naive_logprobs(reference, response_index, response_ids, temperature)[0] * weights[0]).sum().backward()
+    assert torch.allclose(logits.grad, reference.grad, atol=1e-6)
+
+
+def test_response_logprobs_of_bf16_logits_match_fp32_math():
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 6, 300, generator=generator).to(torch.bfloat16).requires_grad_()
+    response_index = torch.tensor([[1, 2, 3], [3, 4, 5]])
+    response_ids = torch.randint(0, 300, (2, 3), generator=generator)
+    logprob, entropy = response_logprobs(logits, response_index, response_ids, 1.0, entropy_grad=True, chunk_bytes=1)
+    assert logprob.dtype == torch.float32 and entropy.dtype == torch.float32
+    want_lp, want_ent = _naive_logprobs(logits.detach().float(), response_index, response_ids, 1.0)
+    assert torch.allclose(logprob, want_lp, atol=1e-5) and torch.allclose(entropy, want_ent, atol=1e-5)
+    (logprob.sum() + entropy.sum()).backward()
+    assert logits.grad.dtype == torch.bfloat16
+    reference = logits.detach().float().requires_grad_()
+    sum(_naive_logprobs(reference, response_index, response_ids, 1.0)).sum().backward()
+    assert torch.allclose(logits.grad.float(), reference.grad, atol=1e-2)
