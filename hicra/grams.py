@@ -1,7 +1,7 @@
 """Strategic Grams (SGs): load a gram set, find grams in a response, and mark the tokens they cover.
 
 The paper classifies a token as a strategic planning token when it is part of a Strategic Gram in its context
-(ALGORITHM.md, section 4). Exact token-id matching is wrong (BPE gives "Wait", " wait" and "wait," different ids), so
+(docs/strategic-grams.md). Exact token-id matching is wrong (BPE gives "Wait", " wait" and "wait," different ids), so
 the rule here works on characters: decode the response, find every case-insensitive, word-boundary match of every
 gram in the decoded text (overlaps allowed), then mark each token whose character span overlaps a match.
 

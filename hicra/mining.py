@@ -1,4 +1,4 @@
-"""Mine a Strategic Gram set from successful solutions, as the paper does (ALGORITHM.md, section 4).
+"""Mine a Strategic Gram set from successful solutions, as the paper does (docs/strategic-grams.md).
 
 1. `word_ngrams`: every word n-gram, n in [3, 5], of every solution; an n-gram found in fewer than `min_doc_freq`
    solutions is dropped before embedding (the paper embeds them all; rare n-grams cannot make a high-DF cluster on

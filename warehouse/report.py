@@ -1,12 +1,12 @@
-"""`hicra report RUN`: PNG plots of a run's `iteration_summary` (one per quantity) and an index.md that shows them.
+"""A run's report: PNG plots of its `iteration_summary` (one per quantity) and an index.md that shows them.
 
-The same plots go into a Prefect markdown artifact after every iteration (`flows.train.report_iteration`), inlined as
-data URIs. No Prefect here; matplotlib is imported on use, so other `hicra` commands do not pay for it.
+`hicra report RUN` writes them (cli/report.py); the training flow puts the same plots into a Prefect markdown artifact
+after every iteration (`flows.train.report_iteration`), inlined as data URIs. No Prefect, no torch here; matplotlib is
+imported on use, so other `hicra` commands do not pay for it.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import math
@@ -16,7 +16,6 @@ from pathlib import Path
 import pyarrow.compute as pc
 
 from warehouse.catalog import query
-from warehouse.store import ROOT_HELP
 
 
 @dataclass(frozen=True)
@@ -115,19 +114,3 @@ def write_report(root: str | Path, run_id: str, out: str | Path) -> Path:
     index = out / "index.md"
     index.write_text(markdown(run_id, rows, {p.name: f"{p.name}.png" for p in PLOTS}))
     return index
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from flows.cli import _warehouse
-
-    index = write_report(_warehouse(args), args.run_id, args.out or Path("reports") / args.run_id)
-    print(f"wrote {len(PLOTS)} plots and {index}")
-    return 0
-
-
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    report = sub.add_parser("report", help="plot a run's per-iteration summary into PNGs and an index.md")
-    report.add_argument("run_id")
-    report.add_argument("--warehouse", help=ROOT_HELP)
-    report.add_argument("--out", help="output folder (default: ./reports/RUN)")
-    report.set_defaults(func=cmd_report)
