@@ -132,7 +132,7 @@ def test_hicra_settings_dataclasses_are_their_sections_fields_with_the_same_defa
 
     config = RunConfig()
     built = {
-        AdvantageConfig: from_sections(AdvantageConfig, config.algorithm, seed=0),
+        AdvantageConfig: from_sections(AdvantageConfig, config.algorithm),
         RewardConfig: from_sections(RewardConfig, config.reward),
         UpdateConfig: from_sections(
             UpdateConfig, config.trainer, config.algorithm, config.rollout,
