@@ -11,7 +11,7 @@ import hashlib
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cache, partial
 from pathlib import Path
 from typing import Literal
@@ -32,9 +32,12 @@ from hicra.evaluate import (
     suite_settings,
 )
 from hicra.generate import HFGenerator
-from schemas.config import GPU_TAG, EvalProtocol, RunConfig
-from schemas.tables import EvalResultRow, to_table
+from hicra.grams import GramMatcher
+from hicra.metrics import semantic_entropy
+from schemas.config import GPU_TAG, EvalProtocol, PlanningSection, RunConfig
+from schemas.tables import EvalResultRow, MetricRow, to_table
 from tasks.common import console, local_checkpoint, open_warehouse, progress_bar, run_unless_committed, shared_verifier
+from tasks.mining import planning_grams, planning_strategies
 from warehouse.catalog import query
 from warehouse.store import Warehouse
 
@@ -50,6 +53,7 @@ class Checkpoint:
     iteration: int
     path: str  # relative to the warehouse root for a run's checkpoint (as in `checkpoints.hf_path`), else absolute
     max_new_tokens: int  # the response limit when the protocol sets none: the run's rollout.max_new_tokens
+    planning: PlanningSection = field(default_factory=PlanningSection)  # the run's gram set (a model folder: paper's)
 
     @property
     def id(self) -> str:
@@ -70,7 +74,7 @@ def run_checkpoint(store: Warehouse, run_id: str, iteration: int | Literal["late
         raise FileNotFoundError(f"run {run_id!r} has no frozen config in {store.url}")
     config = RunConfig.model_validate(yaml.safe_load(frozen[0]))
     path = store.relative(f"{store.checkpoint_dir(run_id, iteration)}/hf")
-    return Checkpoint(run_id, iteration, path, config.rollout.max_new_tokens)
+    return Checkpoint(run_id, iteration, path, config.rollout.max_new_tokens, config.planning)
 
 
 def model_checkpoint(model_dir: str) -> Checkpoint:
@@ -180,11 +184,17 @@ def _evaluate_suite(
 
         samples = evaluate_suite(generator(), verifier, suite, settings, checkpoint.id, batch_size, progress)
     digest = settings.digest()
+    stage = eval_stage(suite.name, digest)
     table = to_table(EvalResultRow, _rows(checkpoint, digest, samples, suite.name))
-    info = {"checkpoint_path": checkpoint.path, "protocol": asdict(settings)}
-    store.commit_stage(
-        checkpoint.run_id, checkpoint.iteration, eval_stage(suite.name, digest), {"eval_results": table}, info
+    matcher = GramMatcher(planning_grams(checkpoint.planning, store))
+    spans = [[(m.start, m.end, m.gram) for m in matcher.find(s.generation.text)] for s in samples]
+    entropy = semantic_entropy(spans, planning_strategies(checkpoint.planning, store))
+    metric = MetricRow(
+        run_id=checkpoint.run_id, iteration=checkpoint.iteration, stage=stage, name="semantic_entropy", value=entropy
     )
+    info = {"checkpoint_path": checkpoint.path, "protocol": asdict(settings)}
+    tables = {"eval_results": table, "metrics": to_table(MetricRow, [metric])}
+    store.commit_stage(checkpoint.run_id, checkpoint.iteration, stage, tables, info)
     _warn_if_mostly_not_ok(samples, f"{checkpoint.id} on {suite.name}")
     accuracy = sum(s.result.reward for s in samples) / len(samples)
     return f"avg@{settings.samples} {accuracy:.3f}, {len(samples)} samples"

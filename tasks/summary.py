@@ -30,12 +30,17 @@ LINE_COLUMNS = {"reward": ("reward", "{:.3f}"), "accuracy": ("acc", "{:.3f}"), "
 
 @task(name="summarize", task_run_name="{config.run.id}-i{iteration}-summary", cache_policy=NO_CACHE)
 def summarize(config: RunConfig, iteration: int) -> dict:
-    """The `iteration_summary` row of one iteration, as a dict."""
-    rows = query(
-        config.run.warehouse,
-        f"SELECT * FROM iteration_summary WHERE run_id = '{config.run.id}' AND iteration = {int(iteration)}",
+    """The `iteration_summary` row of one iteration, as a dict, with the semantic entropy of each suite evaluated on
+    its checkpoint (`semantic_entropy_eval_<suite>`, from `eval_summary`; the last protocol's where there are several).
+    """
+    where = f"WHERE run_id = '{config.run.id}' AND iteration = {int(iteration)}"
+    rows = query(config.run.warehouse, f"SELECT * FROM iteration_summary {where}").to_pylist()
+    if not rows:
+        return {}
+    evals = query(
+        config.run.warehouse, f"SELECT suite, semantic_entropy FROM eval_summary {where} ORDER BY protocol_hash"
     ).to_pylist()
-    return rows[0] if rows else {}
+    return rows[0] | {f"semantic_entropy_eval_{e['suite']}": e["semantic_entropy"] for e in evals}
 
 
 def _cell(row: dict, key: str, fmt: str) -> str:
