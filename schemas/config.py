@@ -513,9 +513,13 @@ def from_sections(cls: type[Mirror], *sections: BaseModel, **derived: Any) -> Mi
     """The dataclass `cls` (a plain-data settings class of hicra/, which does not depend on pydantic) with each field
     taken from the one section that has a field of that name, or from `derived` (values computed by the caller).
 
-    A field in no section and not derived, or in two sections, is a TypeError: a renamed section field cannot be
-    dropped silently. tests/test_config.py checks that the dataclasses' defaults are the sections' defaults.
+    A field in no section and not derived, or in two sections, or a derived value for no field is a TypeError: a
+    renamed field cannot be dropped silently. tests/test_config.py checks that the dataclasses' defaults are the
+    sections' defaults.
     """
+    names = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    if unknown := sorted(set(derived) - names):
+        raise TypeError(f"{cls.__name__} has no field {', '.join(unknown)}")
     values = {}
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         owners = [section for section in sections if field.name in type(section).model_fields]
