@@ -442,8 +442,11 @@ def main() -> None:
         hicra_side = HicraIterations(model, settings, reward, workdir)
 
         def hicra_round(k: int) -> None:
+            if k:
+                print(f"TRL   round {k - 1}: {alternate.rounds[-1]['iteration']:.2f} s", flush=True)
             if k < args.rounds:
-                hicra_side.run(problems[k * settings.prompts : (k + 1) * settings.prompts])
+                seconds = hicra_side.run(problems[k * settings.prompts : (k + 1) * settings.prompts])
+                print(f"hicra round {k}: {seconds['iteration']:.2f} s", flush=True)
 
         hicra_round(0)
         trainer = trl_trainer(model, settings, problems, reward, workdir / "trl", settings.steps * args.rounds)
@@ -456,8 +459,6 @@ def main() -> None:
     print(f"model: {args.model} ({model.name}), {settings.prompts} prompts x {settings.group}, "
           f"{settings.max_new_tokens} new tokens, {settings.steps} steps of {settings.mini_batch}")  # fmt: skip
     print(f"rounds: {args.rounds} per side, alternating, medians over the last {args.rounds - args.warmup}")
-    for name, rounds in (("hicra", hicra_side.rounds), ("TRL", alternate.rounds)):
-        print(f"{name:5} iteration s per round: " + " ".join(f"{r['iteration']:.2f}" for r in rounds))
     print_table(hicra_side.rounds[args.warmup :], alternate.rounds[args.warmup :], settings)
     print(f"first step loss: TRL {check.trl:.6f}, hicra {check.hicra:.6f} at its normaliser ({check.step_tokens} "
           f"tokens),")  # fmt: skip
