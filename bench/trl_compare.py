@@ -37,7 +37,6 @@ import argparse
 import functools
 import os
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -52,8 +51,6 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch  # noqa: E402
 from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM, PrinterCallback, TrainerCallback  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hicra.update  # noqa: E402
 from hicra.core_algos import AdvantageConfig, get_advantage_fn  # noqa: E402
