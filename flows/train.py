@@ -30,6 +30,7 @@ from tasks.summary import summarize
 SUMMARY_COLUMNS = {
     "reward": "reward",
     "accuracy": "accuracy",
+    "eval_accuracy": "held-out",
     "pass_at_group": "pass@G",
     "mean_response_length": "length",
     "planning_token_share": "planning",
@@ -135,7 +136,7 @@ def run_iterations(config: RunConfig, force: bool = False) -> list[dict]:
             console.print(f"[bold]iteration {iteration + 1}/{config.run.iterations}[/bold] (run {config.run.id})")
             for stage in ("rollout", "verify", "annotate", "update"):
                 run_stage(config, stage, iteration, base_model_dir)
-            if config.eval.every and iteration % config.eval.every == config.eval.every - 1:
+            if config.eval.due(iteration):
                 run_stage(config, "eval", iteration, base_model_dir)
             summaries.append(summarize(config, iteration))
             report_iteration(config, summaries)

@@ -417,12 +417,19 @@ class EvalProtocol(Section):
 
 class EvalSection(Section):
     every: int = Field(0, ge=0, description="Evaluate the checkpoint of every k-th iteration after its update; 0: off.")
+    first: bool = Field(
+        False, description="With `every`: evaluate the first iteration's checkpoint too (the later ones' baseline)."
+    )
     suites: list[str] = Field(
         default_factory=lambda: ["synthetic"],
         description="Suites: a benchmark name, `synthetic[:N]`, a JSONL or Parquet file, or `hf:NAME[:SPLIT]`.",
     )
     limit: PositiveInt | None = Field(None, description="Evaluate only the first N problems of each suite.")
     protocol: EvalProtocol = Field(default_factory=EvalProtocol)
+
+    def due(self, iteration: int) -> bool:
+        """Whether the checkpoint of `iteration` (from 0) is evaluated after its update."""
+        return self.every > 0 and (iteration % self.every == self.every - 1 or (self.first and iteration == 0))
 
 
 Stage = Literal["rollout", "verify", "annotate", "update", "eval"]

@@ -34,7 +34,7 @@ from hicra.metrics import conditional_entropy, fork_overlap, semantic_entropy, t
 from hicra.prompts import render_prompt
 from hicra.rewards import RewardConfig, shaped_reward
 from hicra.smollm2 import smollm2_policy
-from hicra.tiny import build_tiny_policy
+from hicra.tiny import build_tiny_policy, strategy_of
 from hicra.trainer import UpdateConfig
 from hicra.update import NodeLaunch, UpdateRequest, run_update, run_update_distributed
 from hicra.verifier import Verifier
@@ -269,7 +269,9 @@ def annotate_planning(store: Warehouse, config: RunConfig, iteration: int, base_
     matcher, version = GramMatcher(grams), grams_version(grams)
     eos = tokenizer.eos_token_id
     rows = []
-    for rid, ids in zip(rollouts["rollout_id"], rollouts["response_token_ids"], strict=True):
+    for rid, pid, text, ids in zip(
+        rollouts["rollout_id"], rollouts["prompt_id"], rollouts["response"], rollouts["response_token_ids"], strict=True
+    ):
         text_ids = ids[:-1] if ids and ids[-1] == eos else ids
         _, spans, mask = annotate(text_ids, tokenizer, matcher)
         mask = list(mask) + [0] * (len(ids) - len(text_ids))
@@ -282,6 +284,7 @@ def annotate_planning(store: Warehouse, config: RunConfig, iteration: int, base_
                 spans=[{"start": s.start, "end": s.end, "gram": s.gram} for s in spans],
                 num_planning_tokens=sum(mask),
                 grams_version=version,
+                strategy=strategy_of(text) if _is_synthetic(config, pid) else None,
             )
         )
     texts = rollouts["response"]
@@ -297,6 +300,15 @@ def annotate_planning(store: Warehouse, config: RunConfig, iteration: int, base_
     store.commit_stage(config.run.id, iteration, "annotate", tables)
     share = sum(r.num_planning_tokens for r in rows) / max(1, sum(len(r.planning_mask) for r in rows))
     return f"planning-token share {share:.3f}"
+
+
+def _is_synthetic(config: RunConfig, prompt_id: str) -> bool:
+    """Whether a prompt is the tiny task's (whose responses announce a strategy): ids of a named source of a mixture
+    are `NAME/...`, of the single-source form the dataset's own."""
+    if config.data.sources:
+        name = prompt_id.partition("/")[0]
+        return any(s.name == name and s.source == "synthetic" for s in config.data.sources)
+    return config.data.source == "synthetic"
 
 
 def _by_rollout(table: pa.Table, column: str) -> dict:

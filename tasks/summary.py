@@ -11,9 +11,12 @@ from warehouse.catalog import query
 
 @task(name="summarize", task_run_name="{config.run.id}-i{iteration}-summary", cache_policy=NO_CACHE)
 def summarize(config: RunConfig, iteration: int) -> dict:
-    """The `iteration_summary` row of one iteration, as a dict."""
+    """The `iteration_summary` row of one iteration, as a dict, with `eval_accuracy`: the mean avg@k of the
+    checkpoint's evaluations (held-out suites), None when it was not evaluated."""
+    where = f"run_id = '{config.run.id}' AND iteration = {int(iteration)}"
     rows = query(
         config.run.warehouse,
-        f"SELECT * FROM iteration_summary WHERE run_id = '{config.run.id}' AND iteration = {int(iteration)}",
+        f"SELECT *, (SELECT avg(avg_at_k) FROM eval_summary WHERE {where}) AS eval_accuracy "
+        f"FROM iteration_summary WHERE {where}",
     ).to_pylist()
     return rows[0] if rows else {}
