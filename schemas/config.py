@@ -35,12 +35,12 @@ class RunSection(Section):
 
 
 class TinyModelSection(Section):
-    hidden_size: int = Field(128, ge=8, description="Hidden size of the tiny Llama policy.")
-    num_layers: int = Field(4, ge=1, description="Transformer layers.")
+    hidden_size: int = Field(64, ge=8, description="Hidden size of the tiny Llama policy.")
+    num_layers: int = Field(2, ge=1, description="Transformer layers.")
     num_heads: int = Field(4, ge=1, description="Attention heads.")
-    intermediate_size: int = Field(512, ge=8, description="MLP width.")
-    warmup_steps: int = Field(1500, ge=0, description="Supervised warm-up steps on the synthetic task's solutions.")
-    batch_size: int = Field(8, ge=1, description="Warm-up batch size.")
+    intermediate_size: int = Field(256, ge=8, description="MLP width.")
+    warmup_steps: int = Field(300, ge=0, description="Supervised warm-up steps on the synthetic task's solutions.")
+    batch_size: int = Field(16, ge=1, description="Warm-up batch size.")
     lr: float = Field(6e-3, gt=0, description="Warm-up peak learning rate (linear warm-up, cosine decay).")
 
 
@@ -424,12 +424,19 @@ class EvalProtocol(Section):
 
 class EvalSection(Section):
     every: int = Field(0, ge=0, description="Evaluate the checkpoint of every k-th iteration after its update; 0: off.")
+    first: bool = Field(
+        False, description="With `every`: evaluate the first iteration's checkpoint too (the later ones' baseline)."
+    )
     suites: list[str] = Field(
         default_factory=lambda: ["synthetic"],
         description="Suites: a benchmark name, `synthetic[:N]`, a JSONL or Parquet file, or `hf:NAME[:SPLIT]`.",
     )
     limit: PositiveInt | None = Field(None, description="Evaluate only the first N problems of each suite.")
     protocol: EvalProtocol = Field(default_factory=EvalProtocol)
+
+    def due(self, iteration: int) -> bool:
+        """Whether the checkpoint of `iteration` (from 0) is evaluated after its update."""
+        return self.every > 0 and (iteration % self.every == self.every - 1 or (self.first and iteration == 0))
 
 
 Stage = Literal["rollout", "verify", "annotate", "update", "eval"]
