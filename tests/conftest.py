@@ -67,6 +67,43 @@ def small_config(warehouse: Path, run_id: str = "t", iterations: int = 2, **sect
     return config
 
 
+def rollout(run: str, iteration: int, group: int, sample: int):
+    """A 3-token rollout row of group `group`, sample `sample` (reference "1")."""
+    from schemas.tables import RolloutRow
+
+    return RolloutRow(
+        run_id=run, iteration=iteration, rollout_id=f"{run}/{iteration}/{group}/{sample}", prompt_id=f"p{group}",
+        group_index=group, sample_index=sample, prompt="Q", reference="1", prompt_token_ids=[1, 2],
+        response="A", response_token_ids=[3, 4, 5], sampler_logprobs=[-0.1, -0.2, -0.3], finish_reason="stop",
+        response_length=3, seed=7, policy_iteration=iteration - 1,
+    )  # fmt: skip
+
+
+def score(run: str, iteration: int, group: int, sample: int, reward: float):
+    """The `ok` score row of `rollout(run, iteration, group, sample)` with this reward."""
+    from schemas.tables import ScoreRow
+
+    return ScoreRow(
+        run_id=run, iteration=iteration, rollout_id=f"{run}/{iteration}/{group}/{sample}", reward=reward,
+        correct=reward > 0, status="ok", extracted="1", detail=None, verify_seconds=0.01,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A warehouse with one committed iteration (rollout and verify): 4 rollouts (2 groups) and their scores."""
+    from schemas.tables import RolloutRow, ScoreRow, to_table
+    from warehouse.store import Warehouse
+
+    wh = Warehouse(tmp_path / "wh")
+    wh.commit_stage(
+        "r", 0, "rollout", {"rollouts": to_table(RolloutRow, [rollout("r", 0, g, s) for g in (0, 1) for s in (0, 1)])}
+    )
+    scores = [score("r", 0, g, s, float(g == s == 0)) for g in (0, 1) for s in (0, 1)]
+    wh.commit_stage("r", 0, "verify", {"scores": to_table(ScoreRow, scores)})
+    return wh
+
+
 def random_update_request(model_dir: Path, save_to: Path, trainer, rows: int = 12):
     """An `UpdateRequest` over `rows` random sequences (prompts of 4-8 tokens, responses of 2-19) in groups of 4, with
     mixed rewards and every third response token a planning token: for comparing update paths on the same data."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cli.main import main as hicra
-from tests.test_cli_sql import root  # noqa: F401  (the fixture: one committed iteration, rollout and verify)
+from tests.test_cli_sql import root  # noqa: F401  (the fixture: `store`'s root)
 
 
 def test_status_shows_each_stage_within_80_columns(root, capsys, monkeypatch):  # noqa: F811

@@ -20,8 +20,7 @@ from cli.main import main as hicra
 from hicra.cache import default_cache_dir
 from schemas.config import STAGES
 from schemas.tables import RolloutRow, ScoreRow, to_table
-from tests.conftest import free_port, small_config
-from tests.test_warehouse import rollout, score
+from tests.conftest import free_port, rollout, score, small_config
 from warehouse.catalog import connect, query
 from warehouse.store import Warehouse
 

@@ -10,25 +10,9 @@ import duckdb
 import pytest
 
 from schemas.tables import TABLES, RolloutRow, ScoreRow, arrow_schema, to_table
-from tests.conftest import ROOT
+from tests.conftest import ROOT, rollout, score
 from warehouse.catalog import connect, init_sql
 from warehouse.store import AlreadyCommitted, Busy, Warehouse
-
-
-def rollout(run: str, iteration: int, group: int, sample: int) -> RolloutRow:
-    return RolloutRow(
-        run_id=run, iteration=iteration, rollout_id=f"{run}/{iteration}/{group}/{sample}", prompt_id=f"p{group}",
-        group_index=group, sample_index=sample, prompt="Q", reference="1", prompt_token_ids=[1, 2],
-        response="A", response_token_ids=[3, 4, 5], sampler_logprobs=[-0.1, -0.2, -0.3], finish_reason="stop",
-        response_length=3, seed=7, policy_iteration=iteration - 1,
-    )  # fmt: skip
-
-
-def score(run: str, iteration: int, group: int, sample: int, reward: float) -> ScoreRow:
-    return ScoreRow(
-        run_id=run, iteration=iteration, rollout_id=f"{run}/{iteration}/{group}/{sample}", reward=reward,
-        correct=reward > 0, status="ok", extracted="1", detail=None, verify_seconds=0.01,
-    )  # fmt: skip
 
 
 def test_every_table_schema_derives_and_has_keys():

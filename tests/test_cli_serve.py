@@ -23,7 +23,7 @@ from schemas.config import GPU_TAG
 from tasks.prefect_server import AUTOMATION, POOL, PREFECT, STAGE_POOLS, alive, state_dir, stop
 from tests.conftest import ROOT, child_env, free_port, small_config
 from tests.test_evaluate import eval_commits
-from tests.test_train_flow import assert_same_warehouse
+from tests.test_flows_train import assert_same_warehouse
 from warehouse.catalog import query
 
 pytestmark = pytest.mark.slow
