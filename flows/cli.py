@@ -63,6 +63,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "flows.report",
     "flows.update_node",
     "flows.judge_cli",
+    "flows.experiment_cli",
 ]
 
 

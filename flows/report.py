@@ -120,14 +120,42 @@ def write_report(root: str | Path, run_id: str, out: str | Path) -> Path:
 def cmd_report(args: argparse.Namespace) -> int:
     from flows.cli import _warehouse
 
-    index = write_report(_warehouse(args), args.run_id, args.out or Path("reports") / args.run_id)
-    print(f"wrote {len(PLOTS)} plots and {index}")
+    root = _warehouse(args)
+    if len(args.run_ids) == 1 and not args.experiment:
+        index = write_report(root, args.run_ids[0], args.out or Path("reports") / args.run_ids[0])
+        print(f"wrote {len(PLOTS)} plots and {index}")
+        return 0
+    return compare_runs(root, args)
+
+
+def compare_runs(root: str, args: argparse.Namespace) -> int:
+    """`hicra report RUN RUN ...` / `--experiment NAME`: the multi-run report (warehouse.compare)."""
+    from rich.console import Console
+
+    from warehouse.compare import PANELS as PANELS_MULTI
+    from warehouse.compare import final_table, write_comparison
+    from warehouse.experiments import comparison_data, experiment_runs
+
+    if not args.run_ids and not args.experiment:
+        raise ValueError("hicra report: give run ids or --experiment NAME")
+    run_ids = list(dict.fromkeys([*args.run_ids, *(experiment_runs(root, args.experiment) if args.experiment else [])]))
+    data = comparison_data(root, run_ids, args.suite)
+    name = args.experiment or "comparison"
+    title = f"Experiment {args.experiment}" if args.experiment else f"Runs {', '.join(run_ids)}"
+    index = write_comparison(data, args.baseline, args.out or Path("reports") / name, title)
+    Console(width=80).print(final_table(data, args.baseline))
+    print(f"wrote {len(PANELS_MULTI)} plots and {index}")
     return 0
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    report = sub.add_parser("report", help="plot a run's per-iteration summary into PNGs and an index.md")
-    report.add_argument("run_id")
+    report = sub.add_parser(
+        "report", help="plot a run's per-iteration summary, or compare runs (methods x seeds) with statistics"
+    )
+    report.add_argument("run_ids", nargs="*", metavar="RUN", help="one run: its plots; several: the comparison")
+    report.add_argument("--experiment", help="compare the runs of this experiment (`hicra experiment`)")
+    report.add_argument("--baseline", default="grpo", help="the method the others are tested against (default grpo)")
+    report.add_argument("--suite", help="the held-out suite compared (default: the one every run was evaluated on)")
     report.add_argument("--warehouse", help=ROOT_HELP)
-    report.add_argument("--out", help="output folder (default: ./reports/RUN)")
+    report.add_argument("--out", help="output folder (default: ./reports/RUN or ./reports/EXPERIMENT)")
     report.set_defaults(func=cmd_report)

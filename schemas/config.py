@@ -129,6 +129,12 @@ class DataSection(SourceFields):
         description="Template with `{problem}`: the user message (with use_chat_template and a text prompt) or the "
         "whole prompt; default: the bare problem, or the plain template.",
     )
+    order_key: str | None = Field(
+        None,
+        description="Seeds the prompt order (with run.seed and the iteration) in place of the run id, so that runs "
+        "with other ids draw the same prompts: `hicra experiment` sets it to the experiment's name, giving every "
+        "method the same prompts per seed. null: the run id.",
+    )
     use_chat_template: bool = Field(
         False,
         description="Render prompts with the tokenizer's chat template: a chat prompt (verl, TRL conversational) "
@@ -481,6 +487,11 @@ class RunConfig(Section):
     trainer: TrainerSection = Field(default_factory=TrainerSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     orchestration: OrchestrationSection = Field(default_factory=OrchestrationSection)
+
+    @property
+    def order_key(self) -> str:
+        """What seeds the prompt order with run.seed and the iteration: data.order_key, else the run id."""
+        return self.data.order_key or self.run.id
 
     def config_hash(self) -> str:
         """Hash of every field that changes what a run computes (not `NOT_HASHED`: its length, where it runs)."""
