@@ -132,8 +132,7 @@ def compare_runs(root: str, args: argparse.Namespace) -> int:
     """`hicra report RUN RUN ...` / `--experiment NAME`: the multi-run report (warehouse.compare)."""
     from rich.console import Console
 
-    from warehouse.compare import PANELS as PANELS_MULTI
-    from warehouse.compare import final_table, write_comparison
+    from warehouse.compare import final_table, panels, write_comparison
     from warehouse.experiments import comparison_data, experiment_runs
 
     if not args.run_ids and not args.experiment:
@@ -144,7 +143,7 @@ def compare_runs(root: str, args: argparse.Namespace) -> int:
     title = f"Experiment {args.experiment}" if args.experiment else f"Runs {', '.join(run_ids)}"
     index = write_comparison(data, args.baseline, args.out or Path("reports") / name, title)
     Console(width=80).print(final_table(data, args.baseline))
-    print(f"wrote {len(PANELS_MULTI)} plots and {index}")
+    print(f"wrote {len(panels(data))} plots and {index}")
     return 0
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from warehouse.experiments import ComparisonData
+from warehouse.experiments import STRATEGY_PREFIX, ComparisonData
 from warehouse.stats import Interval, PairedTest, band, mean_interval, paired_by_key, paired_t_test, per_problem_pairs
 
 
@@ -41,6 +41,15 @@ PANELS = (
     Panel("semantic_entropy", "Semantic entropy of Strategic Grams", "bits", "semantic_entropy"),
     Panel("response_length", "Response length", "tokens", "mean_response_length"),
 )  # fmt: skip
+
+
+def panels(data: ComparisonData) -> list[Panel]:
+    """The fixed panels, then one per strategy that any response announced (its share of the responses)."""
+    shares = [
+        Panel(f"strategy_{s}", f"Strategy share: {s}", "share of responses", f"{STRATEGY_PREFIX}{s}")
+        for s in data.strategies
+    ]
+    return [*PANELS, *shares]
 
 
 @dataclass(frozen=True)
@@ -127,7 +136,7 @@ def _p(test: PairedTest | None) -> str:
     return "-" if test is None or math.isnan(test.p) else f"{test.p:.3f}"
 
 
-FINAL_HEADER = ["method", "seeds", "accuracy", "95% CI", "diff", "p (seeds)", "p (problems)"]
+FINAL_HEADER = ["method", "seeds", "acc", "95% CI", "diff", "p(seed)", "p(prob)"]
 
 
 def final_cells(result: MethodResult) -> list[str]:
@@ -141,7 +150,7 @@ def final_table(data: ComparisonData, baseline: str) -> Table:
     """The final-accuracy table for the terminal (fits 80 columns)."""
     table = Table(title=f"held-out accuracy at iteration {data.final_iteration} ({data.suite}), vs {baseline}")
     for i, name in enumerate(FINAL_HEADER):
-        table.add_column(name, justify="left" if i == 0 else "right")
+        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=True)
     for result in final_results(data, baseline):
         table.add_row(*final_cells(result))
     return table
@@ -166,7 +175,7 @@ def render(panel: Panel, method_lines: dict[str, Line], order: list[str], dpi: i
     axes.set(title=panel.title, xlabel="iteration", ylabel=panel.ylabel)
     axes.grid(alpha=0.3)
     if method_lines:
-        axes.legend(fontsize=7)
+        axes.legend(fontsize=7, title="mean; band: seed range", title_fontsize=7)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", backend="agg")
     return buffer.getvalue()
@@ -187,11 +196,12 @@ def markdown(data: ComparisonData, baseline: str, title: str) -> str:
         f"`{data.suite}` (protocol {data.protocol}), final iteration {data.final_iteration}.", "",
         "## Final held-out accuracy", "",
         *_markdown_table(FINAL_HEADER, [final_cells(r) for r in final_results(data, baseline)]), "",
-        f"accuracy: mean over seeds with its 95% Student-t interval; diff: mean paired difference to `{baseline}` "
-        "over seeds; p (seeds): paired t-test over seeds (final accuracy of the same seed); p (problems): paired "
-        "t-test over the held-out problems (each problem's accuracy averaged over the seeds). Two-sided.", "",
+        f"acc: final held-out accuracy, the mean over seeds, with its 95% Student-t interval; diff: the mean paired "
+        f"difference to `{baseline}` over seeds; p(seed): two-sided paired t-test over seeds (the final accuracies "
+        "of the same seed); p(prob): two-sided paired t-test over the held-out problems (each problem's accuracy "
+        "averaged over the seeds).", "",
     ]  # fmt: skip
-    for panel in PANELS:
+    for panel in panels(data):
         method_lines = lines(data, panel.column)
         lines_md += [f"## {panel.title}", "", f"![{panel.title}]({panel.name}.png)", ""]
         its = sorted({i for line in method_lines.values() for i in line.iterations})
@@ -219,7 +229,7 @@ def write_comparison(data: ComparisonData, baseline: str, out: str | Path, title
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     order = methods(data, baseline)
-    for panel in PANELS:
+    for panel in panels(data):
         (out / f"{panel.name}.png").write_bytes(render(panel, lines(data, panel.column), order))
     index = out / "index.md"
     index.write_text(markdown(data, baseline, title))

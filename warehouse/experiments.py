@@ -43,7 +43,19 @@ SELECT run_id, problem_id, avg(reward) AS accuracy FROM eval_results
 WHERE list_contains($runs, run_id) AND suite = $suite AND protocol_hash = $protocol AND iteration = $iteration
 GROUP BY ALL ORDER BY ALL
 """
-# Per run and iteration: avg@k at that iteration.
+# Per (run, iteration, strategy): the share of the iteration's responses that announced the strategy (the tiny task's
+# `planning.strategy`; NULL, a response that announced none: `(none)`).
+STRATEGY_SQL = """
+SELECT run_id, iteration, coalesce(strategy, '(none)') AS strategy,
+       count(*) / sum(count(*)) OVER (PARTITION BY run_id, iteration) AS share
+FROM planning WHERE list_contains($runs, run_id) GROUP BY ALL ORDER BY ALL
+"""
+HAS_STRATEGY_SQL = """
+SELECT count(*) FROM information_schema.columns WHERE table_name = 'planning' AND column_name = 'strategy'
+"""
+STRATEGY_PREFIX = "strategy_share:"
+"""Panel rows carry each strategy's share as column `strategy_share:<strategy>`."""
+# Per run: avg@k at one iteration.
 FINAL_SQL = """
 SELECT run_id, avg_at_k FROM eval_summary
 WHERE list_contains($runs, run_id) AND suite = $suite AND protocol_hash = $protocol AND iteration = $iteration
@@ -63,7 +75,8 @@ class RunKey:
 class ComparisonData:
     """Everything a multi-run report shows, read from the warehouse.
 
-    panels: one dict per (run, iteration): `iteration_summary` columns, `heldout_accuracy`, `method` and `seed`.
+    panels: one dict per (run, iteration): `iteration_summary` columns, `heldout_accuracy`, `method`, `seed` and
+    the share of each strategy (`strategy_share:<strategy>`, for the `strategies` any response announced).
     final: run id -> held-out avg@k at `final_iteration`; problems: run id -> {problem id: accuracy} there.
     """
 
@@ -72,6 +85,7 @@ class ComparisonData:
     protocol: str
     final_iteration: int
     panels: list[dict]
+    strategies: list[str]
     final: dict[str, float]
     problems: dict[str, dict[str, float]]
 
@@ -131,6 +145,18 @@ def comparison_data(root: str | Path, run_ids: list[str], suite: str | None = No
         problems: dict[str, dict[str, float]] = {run: {} for run in run_ids}
         for run_id, problem_id, accuracy in con.execute(PROBLEM_SQL, at_final).fetchall():
             problems[run_id][problem_id] = accuracy
+        shares = con.execute(STRATEGY_SQL, {"runs": run_ids}).fetchall() if _has_strategy(con) else []
+    strategies = sorted({strategy for _, _, strategy, _ in shares} - {"(none)"})
+    by_iteration = {(run, it): {f"{STRATEGY_PREFIX}{s}": 0.0 for s in strategies} for run, it, _, _ in shares}
+    for run, it, strategy, share in shares:
+        if strategy in strategies:
+            by_iteration[run, it][f"{STRATEGY_PREFIX}{strategy}"] = share
     for row in panels:
         row.update(method=by_id[row["run_id"]].method, seed=by_id[row["run_id"]].seed)
-    return ComparisonData(runs, suite, protocol, final_iteration, panels, final, problems)
+        row.update(by_iteration.get((row["run_id"], row["iteration"]), {}))
+    return ComparisonData(runs, suite, protocol, final_iteration, panels, strategies, final, problems)
+
+
+def _has_strategy(con) -> bool:
+    """Whether the warehouse's `planning` has the strategy column (warehouses written before it do not)."""
+    return con.execute(HAS_STRATEGY_SQL).fetchone()[0] > 0

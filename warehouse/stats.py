@@ -49,17 +49,16 @@ def mean_interval(values: Sequence[float], level: float = 0.95) -> Interval:
 
 
 def paired_t_test(treatment: Sequence[float], baseline: Sequence[float], level: float = 0.95) -> PairedTest:
-    """Two-sided paired t-test of treatment[i] - baseline[i]. With every difference equal, t is +-inf (p = 0) or,
-    all zero, NaN (p = 1): no variation to test against."""
+    """Two-sided paired t-test of treatment[i] - baseline[i]. With every difference equal (to 1e-12), t is +-inf
+    (p = 0) or, all zero, NaN (p = 1): no variation to test against."""
     if len(treatment) != len(baseline):
         raise ValueError(f"paired_t_test: {len(treatment)} treatment values but {len(baseline)} baseline values")
     diffs = np.asarray(treatment, dtype=float) - np.asarray(baseline, dtype=float)
     diff = mean_interval(diffs, level)
     if diffs.size < 2:
         return PairedTest(int(diffs.size), diff, math.nan, math.nan)
-    spread = float(diffs.std(ddof=1))
-    if spread == 0:
-        zero = diff.mean == 0
+    if float(np.ptp(diffs)) <= 1e-12:  # equal up to float rounding (accuracies are fractions of the problems)
+        zero = abs(diff.mean) <= 1e-12
         return PairedTest(int(diffs.size), diff, math.nan if zero else math.copysign(math.inf, diff.mean), float(zero))
     result = stats.ttest_1samp(diffs, 0.0)
     return PairedTest(int(diffs.size), diff, float(result.statistic), float(result.pvalue))
