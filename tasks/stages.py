@@ -156,9 +156,7 @@ def _generate_rounds(
         if len(groups[mixed_groups(torch.tensor(rewards), groups)].unique()) >= ro.prompts_per_iteration:
             break
         used = {r.prompt_id for r in rows}
-        prompts = refill_prompts(
-            mixture, ro.prompts_per_iteration, config.order_key, run.seed, iteration, round_, used
-        )
+        prompts = refill_prompts(mixture, ro.prompts_per_iteration, config.order_key, run.seed, iteration, round_, used)
         if not prompts:
             break
     return rows, round_
