@@ -147,6 +147,8 @@ def freeze_run_config(config: RunConfig, force: bool = False) -> None:
     if old_digest == digest:
         return
     changed = _changed_fields(old_yaml, config.to_yaml())
+    if not changed:  # only fields added since the run started, at a null default: the same computation
+        return
     if not force:
         raise RunConfigMismatch(
             f"run {config.run.id!r} was started with another config (hash {old_digest}, now {digest}); "

@@ -16,8 +16,9 @@ import yaml
 
 from flows.cli import main as hicra_main
 from flows.experiment import experiment
-from schemas.config import ConfigError
+from schemas.config import ConfigError, load_config
 from schemas.experiment import load_experiment, parse_run_id
+from tasks.common import RunConfigMismatch, freeze_run_config
 from tests.conftest import ROOT, child_env, small_config
 from warehouse.catalog import query
 from warehouse.compare import PANELS, final_results, lines
@@ -178,7 +179,7 @@ def test_experiment_config_errors_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match=r"baseline 'ppo' is not one of the methods"):
         load_experiment(write_experiment(tmp_path, baseline="ppo"))
     with pytest.raises(ConfigError, match=r"methods\.hicra.*algorithm\.alpha"):
-        load_experiment(write_experiment(tmp_path, methods={"hicra": {"algorithm.alpha": 5}}))
+        load_experiment(write_experiment(tmp_path, methods={"grpo": {}, "hicra": {"algorithm.alpha": 5}}))
     with pytest.raises(ConfigError, match=r"methods.*run\.seed is set by the experiment"):
         load_experiment(write_experiment(tmp_path, methods={"grpo": {"run.seed": 3}}))
     with pytest.raises(ConfigError, match=r"seeds: .*distinct"):
@@ -186,6 +187,19 @@ def test_experiment_config_errors_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match=r"evaluate their last iteration"):
         load_experiment(write_experiment(tmp_path, iterations=3, overrides={"eval.every": 2}))
     with pytest.raises(ConfigError, match=r"method name 'HICRA-2'"):
-        load_experiment(write_experiment(tmp_path, methods={"HICRA-2": {}}))
+        load_experiment(write_experiment(tmp_path, methods={"grpo": {}, "HICRA-2": {}}))
     assert parse_run_id("my-exp-high_entropy-s12") == ("my-exp", "high_entropy", 12)
     assert parse_run_id("tiny") is None
+
+
+def test_runs_started_before_data_order_key_resume(tmp_path):
+    """A run frozen before `data.order_key` existed (its YAML lacks it, its hash differs) resumes unforced: the
+    field's null default draws the prompts by run id as before."""
+    config = load_config(None, **{"run.warehouse": str(tmp_path / "wh"), "run.id": "old"})
+    raw = yaml.safe_load(config.to_yaml())
+    del raw["data"]["order_key"]
+    Warehouse(tmp_path / "wh").freeze_config("old", yaml.safe_dump(raw), "0123456789abcdef")
+    freeze_run_config(config)  # no RunConfigMismatch
+    changed = load_config(None, **{"run.warehouse": str(tmp_path / "wh"), "run.id": "old", "data.order_key": "x"})
+    with pytest.raises(RunConfigMismatch, match=r"changed: data\.order_key"):
+        freeze_run_config(changed)
