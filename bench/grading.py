@@ -1,4 +1,4 @@
-"""Bench: how often `hicra verify` agrees with hand-given verdicts, against plain math-verify on the same inputs.
+"""Bench: how often `hicra grade` agrees with hand-given verdicts, against plain math-verify on the same inputs.
 
     python bench/grading.py [--cases bench/grading_cases.jsonl] [--workers 2] [--misses]
 
@@ -6,7 +6,7 @@ Each case of the labelled set is a model output (`response`), a `reference` and 
 (`expected`: does the response's final answer equal the reference?), in one of the categories of docs/grading.md;
 `boxed` and `bare` (the response is only the answer) make the easy set, the others the harder one. Split `dev`:
 the cases the extractors were tuned on; `heldout`: written after that, graded once. Graded three
-ways: `hicra verify` as it runs by default (the full extractor chain), `hicra verify --extractors boxed` (the
+ways: `hicra grade` as it runs by default (the full extractor chain), `hicra grade --extractors boxed` (the
 training reward's default), and plain math-verify, `verify(parse("$" + reference + "$"), parse(response))` with its
 default extraction (the reference in `$..$` so that its LaTeX is read). Prints the agreement with the verdicts per
 category and per set, and the grading time per item (the pools already started; plain math-verify in this process).
@@ -31,7 +31,7 @@ def plain_math_verify(response: str, reference: str) -> bool:
 
 
 def hicra_verify(cases: list[dict], extractors: tuple[str, ...], workers: int) -> tuple[list[bool], float, list]:
-    """Verdicts, seconds per item and results of a Verifier with these extractors (what `hicra verify` runs)."""
+    """Verdicts, seconds per item and results of a Verifier with these extractors (what `hicra grade` runs)."""
     from hicra.verifier import Verifier
 
     with Verifier(workers=workers, timeout_s=5.0, extractors=extractors) as verifier:
@@ -52,7 +52,7 @@ def main() -> None:
     cases = [json.loads(line) for line in args.cases.read_text().splitlines() if line.strip()]
     graders: dict[str, tuple[list[bool], float]] = {}
     full, seconds, results = hicra_verify(cases, FULL_CHAIN, args.workers)
-    graders["hicra verify"] = (full, seconds)
+    graders["hicra grade"] = (full, seconds)
     boxed, seconds, _ = hicra_verify(cases, TRAINING_EXTRACTORS, args.workers)
     graders["--extractors boxed"] = (boxed, seconds)
     start = time.perf_counter()

@@ -21,7 +21,7 @@ from warehouse.store import Warehouse
 STAGE_TASKS = {"rollout": rollout, "verify": verify, "annotate": annotate_planning, "update": update}
 
 
-def run_stage_here(config: RunConfig, stage: Stage, iteration: int, base_model_dir: str) -> None:
+def run_stage_in_process(config: RunConfig, stage: Stage, iteration: int, base_model_dir: str) -> None:
     """Run one stage's task in this process, with the config's stage timeout as a backstop."""
     options = {"timeout_seconds": config.orchestration.stage_timeout_s}
     if stage == "eval":
@@ -48,4 +48,4 @@ def one_stage(warehouse: str, run_id: str, iteration: int, stage: Stage, eval: d
     """Run one stage (rollout, verify, annotate, update, eval) of one iteration of a run whose config is frozen in
     `warehouse`; a committed stage is skipped. `eval` is the caller's eval section (it never changes results)."""
     config = frozen_run_config(warehouse, run_id, eval=eval)
-    run_stage_here(config, stage, iteration, prepare_policy(config))
+    run_stage_in_process(config, stage, iteration, prepare_policy(config))

@@ -19,13 +19,13 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run
 from rich.table import Table
 
-from flows.report import inline_markdown
-from flows.stage import run_stage_here
-from schemas.config import RunConfig, Stage, load_config
+from flows.stage import run_stage_in_process
+from schemas.config import STAGES, RunConfig, Stage, load_config
 from tasks.common import console, freeze_run_config, open_warehouse, validate_registered_names
 from tasks.evaluate import pending_eval_stages
 from tasks.stages import prepare_policy
 from tasks.summary import summarize
+from warehouse.report import inline_markdown
 
 SUMMARY_COLUMNS = {
     "reward": "reward",
@@ -81,7 +81,7 @@ class StageNotCommitted(RuntimeError):
     """A stage that ran as a deployment's flow run ended without committing."""
 
 
-def run_stage_deployment(config: RunConfig, stage: Stage, iteration: int, deployment: str) -> None:
+def run_stage_as_deployment(config: RunConfig, stage: Stage, iteration: int, deployment: str) -> None:
     """Run one stage as a flow run of a `hicra-stage` deployment (on its work pool), wait, and check it committed."""
     from prefect.deployments import run_deployment
 
@@ -108,14 +108,14 @@ def run_stage_deployment(config: RunConfig, stage: Stage, iteration: int, deploy
         )
 
 
-def run_stage(config: RunConfig, stage: Stage, iteration: int, base_model_dir: str) -> None:
+def run_stage_where_configured(config: RunConfig, stage: Stage, iteration: int, base_model_dir: str) -> None:
     """One stage of one iteration: as its deployment's flow run if `orchestration.stage_deployments` names one,
     else in this process."""
     deployment = config.orchestration.stage_deployments.get(stage)
     if deployment:
-        run_stage_deployment(config, stage, iteration, deployment)
+        run_stage_as_deployment(config, stage, iteration, deployment)
     else:
-        run_stage_here(config, stage, iteration, base_model_dir)
+        run_stage_in_process(config, stage, iteration, base_model_dir)
 
 
 def run_iterations(config: RunConfig, force: bool = False) -> list[dict]:
@@ -133,10 +133,10 @@ def run_iterations(config: RunConfig, force: bool = False) -> list[dict]:
         summaries = []
         for iteration in range(config.run.iterations):
             console.print(f"[bold]iteration {iteration + 1}/{config.run.iterations}[/bold] (run {config.run.id})")
-            for stage in ("rollout", "verify", "annotate", "update"):
-                run_stage(config, stage, iteration, base_model_dir)
+            for stage in STAGES:
+                run_stage_where_configured(config, stage, iteration, base_model_dir)
             if config.eval.every and iteration % config.eval.every == config.eval.every - 1:
-                run_stage(config, "eval", iteration, base_model_dir)
+                run_stage_where_configured(config, "eval", iteration, base_model_dir)
             summaries.append(summarize(config, iteration))
             report_iteration(config, summaries)
             update_progress_artifact(progress, progress=100.0 * (iteration + 1) / config.run.iterations)

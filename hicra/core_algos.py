@@ -22,7 +22,9 @@ Tensor = torch.Tensor
 
 @dataclass(frozen=True)
 class AdvantageConfig:
-    """What an advantage estimator needs besides tensors (mirrors `schemas.config.AlgorithmSection`)."""
+    """What an advantage estimator needs besides tensors: the fields of `schemas.config.AlgorithmSection` of the same
+    names (built by `schemas.config.from_sections`; tests/test_config.py keeps the defaults equal) and the seed of
+    the placebo masks."""
 
     adv_norm: str = "mean"
     alpha: float = 0.2

@@ -1,6 +1,6 @@
 """Benchmark evaluation: load a suite, sample answers from a checkpoint under a fixed protocol, grade them.
 
-The paper's protocol (ALGORITHM.md section 6, after DeepSeek-R1): temperature 0.6, top-p 0.95, the mean reward over
+The paper's protocol (arXiv 2509.03646, after DeepSeek-R1): temperature 0.6, top-p 0.95, the mean reward over
 32 samples on AIME24/25 and 4 on AMC23 (one elsewhere), strict matching of the last `\\boxed{}`. Every sample's seed
 derives from (checkpoint, suite, problem, sample), so an evaluation is reproducible whatever the batching.
 `SuiteSettings.digest()` names everything that decides a suite's results, the problems evaluated included.

@@ -1,7 +1,7 @@
 """Strategic Grams (SGs): load a gram set, find grams in a response, and mark the tokens they cover.
 
 The paper classifies a token as a strategic planning token when it is part of a Strategic Gram in its context
-(ALGORITHM.md, section 4). Exact token-id matching is wrong (BPE gives "Wait", " wait" and "wait," different ids), so
+(docs/strategic-grams.md). Exact token-id matching is wrong (BPE gives "Wait", " wait" and "wait," different ids), so
 the rule here works on characters: decode the response, find every case-insensitive, word-boundary match of every
 gram in the decoded text (overlaps allowed), then mark each token whose character span overlaps a match.
 
@@ -117,7 +117,7 @@ def _fold(text: str) -> str:
     return "".join(map(_fold_char, text))
 
 
-def _normalise_gram(gram: str) -> str:
+def normalise_gram(gram: str) -> str:
     """The form a gram is matched in: folded, stripped, whitespace runs collapsed to one space."""
     return " ".join(_fold(gram).split())
 
@@ -127,7 +127,7 @@ def grams_version(grams: Sequence[str]) -> str:
 
     Order, case and whitespace do not change the version, since they do not change what the set matches.
     """
-    canonical = "\n".join(sorted({_normalise_gram(g) for g in grams}))
+    canonical = "\n".join(sorted({normalise_gram(g) for g in grams}))
     return "sg-" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:8]
 
 
@@ -144,7 +144,7 @@ class GramMatcher:
         self.grams: dict[str, str] = {}
         """Normalised gram -> the gram reported in `Span.gram` (the first spelling in the input, folded)."""
         for gram in grams:
-            key = _normalise_gram(gram)
+            key = normalise_gram(gram)
             if not key:
                 raise ValueError(f"empty Strategic Gram: {gram!r}")
             self.grams.setdefault(key, _fold(gram.strip()))

@@ -1,4 +1,4 @@
-"""Mine a Strategic Gram set from successful solutions, as the paper does (ALGORITHM.md, section 4).
+"""Mine a Strategic Gram set from successful solutions, as the paper does (docs/strategic-grams.md).
 
 1. `word_ngrams`: every word n-gram, n in [3, 5], of every solution; an n-gram found in fewer than `min_doc_freq`
    solutions is dropped before embedding (the paper embeds them all; rare n-grams cannot make a high-DF cluster on
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Literal
 
-from hicra.grams import GramMatcher, _normalise_gram, grams_version
+from hicra.grams import GramMatcher, grams_version, normalise_gram
 
 Progress = Callable[[str, int, int], None]
 """`progress(phase, done, total)`, phases in order: "ngrams" (solutions counted), "embed" (n-grams; 0 once the model
@@ -213,8 +213,8 @@ def compare_sets(mined: Sequence[str], reference: Sequence[str]) -> dict[str, An
     construction; `mined_containing_reference` counts the mined grams that hold a reference gram as a word-bounded
     phrase ("let's break this" holds "let's"), which says more.
     """
-    a = {_normalise_gram(g) for g in mined}
-    b = {_normalise_gram(g) for g in reference}
+    a = {normalise_gram(g) for g in mined}
+    b = {normalise_gram(g) for g in reference}
     both = a & b
     matcher = GramMatcher(sorted(b)) if b else None
     containing = [g for g in sorted(a) if matcher and matcher.find(g)]

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class RewardConfig:
-    """Mirrors `schemas.config.RewardSection`."""
+    """The fields of `schemas.config.RewardSection`, built by `schemas.config.from_sections` (tests/test_config.py
+    keeps the defaults equal)."""
 
     correct: float = 1.0
     format_reward: float = 0.0

@@ -28,7 +28,9 @@ CHECKPOINT_TAG = "policy"
 
 @dataclass(frozen=True)
 class UpdateConfig:
-    """Trainer settings (mirrors `schemas.config.TrainerSection` plus the loss fields of `AlgorithmSection`)."""
+    """Trainer settings: the fields of the same names of `schemas.config.TrainerSection`, `AlgorithmSection` (the
+    loss) and `RolloutSection` (temperature), built by `schemas.config.from_sections` (tests/test_config.py keeps the
+    defaults equal); `norm_length` is rollout.max_new_tokens, `seed` the iteration's."""
 
     lr: float = 1e-4
     weight_decay: float = 0.0

@@ -391,7 +391,7 @@ def extract_answer(response: str, extractors: Sequence[str] = TRAINING_EXTRACTOR
 
 
 FULL_CHAIN = tuple(EXTRACTORS)
-"""Every extractor in chain order: ``hicra verify``'s and the evaluation's default (see docs/grading.md)."""
+"""Every extractor in chain order: ``hicra grade``'s and the evaluation's default (see docs/grading.md)."""
 
 
 class _SoftTimeout(BaseException):

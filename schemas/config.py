@@ -5,12 +5,13 @@ Unknown keys and bad values are errors that name the field (`trainer.lr: Input s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
@@ -274,10 +275,11 @@ class PlanningSection(Section):
 
 
 class AlgorithmSection(Section):
-    advantage: Literal["grpo", "hicra", "high_entropy", "placebo"] = Field(
+    advantage: str = Field(
         "hicra",
-        description="Advantage estimator (hicra.core_algos.ADVANTAGES): `grpo`; `hicra` (paper); the paper's ablations "
-        "`high_entropy` (top-entropy tokens instead of planning tokens) and `placebo` (random n-grams).",
+        description="Advantage estimator, a name registered in hicra.core_algos.ADVANTAGES (checked when a run "
+        "starts): `grpo`; `hicra` (paper); the paper's ablations `high_entropy` (top-entropy tokens instead of "
+        "planning tokens) and `placebo` (random n-grams).",
     )
     alpha: float = Field(0.2, ge=0, lt=1, description="HICRA amplification: A + alpha*|A| on the chosen tokens.")
     adv_norm: Literal["mean", "mean_std", "none"] = Field(
@@ -390,7 +392,7 @@ class TrainerSection(Section):
 
 
 class EvalProtocol(Section):
-    """How a checkpoint samples and is graded on a benchmark suite (ALGORITHM.md section 6, after DeepSeek-R1)."""
+    """How a checkpoint samples and is graded on a benchmark suite (arXiv 2509.03646, after DeepSeek-R1)."""
 
     temperature: float = Field(0.6, gt=0, description="Sampling temperature.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling threshold.")
@@ -432,7 +434,9 @@ class EvalSection(Section):
 
 
 Stage = Literal["rollout", "verify", "annotate", "update", "eval"]
-"""The stages of one iteration, in order (`eval` only every `eval.every` iterations)."""
+"""A stage of one iteration: the `STAGES`, then `eval` every `eval.every` iterations (one commit per suite)."""
+STAGES: tuple[Stage, ...] = tuple(stage for stage in get_args(Stage) if stage != "eval")
+"""The stages every iteration runs, in this order, each one commit: the only place the order is written."""
 GPU_TAG = "gpu"
 """Prefect task tag of the stages that use the accelerator (rollout, update, eval): a tag concurrency limit on it
 (`hicra serve` creates one with 1 slot) keeps two runs from sharing a GPU; with no limit defined it does nothing."""
@@ -506,6 +510,29 @@ class RunConfig(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+Mirror = TypeVar("Mirror")
+
+
+def from_sections(cls: type[Mirror], *sections: BaseModel, **derived: Any) -> Mirror:
+    """The dataclass `cls` (a plain-data settings class of hicra/, which does not depend on pydantic) with each field
+    taken from the one section that has a field of that name, or from `derived` (values computed by the caller).
+
+    A field in no section and not derived, or in two sections, is a TypeError: a renamed section field cannot be
+    dropped silently. tests/test_config.py checks that the dataclasses' defaults are the sections' defaults.
+    """
+    values = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        owners = [section for section in sections if field.name in type(section).model_fields]
+        if field.name in derived:
+            values[field.name] = derived[field.name]
+        elif len(owners) == 1:
+            values[field.name] = getattr(owners[0], field.name)
+        else:
+            names = ", ".join(type(section).__name__ for section in (owners or sections))
+            raise TypeError(f"{cls.__name__}.{field.name}: {'in' if owners else 'in none of'} {names}, not derived")
+    return cls(**values)
 
 
 class ConfigError(ValueError):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from traceback import format_exc
 
@@ -12,8 +14,9 @@ from prefect.cache_policies import NO_CACHE
 from rich.console import Console
 
 from hicra.cache import default_cache_dir
+from hicra.core_algos import ADVANTAGES
 from hicra.data import DataError
-from hicra.verifier import EXTRACTORS
+from hicra.verifier import EXTRACTORS, Verifier
 from schemas.config import GPU_TAG, NOT_HASHED, ConfigError, RunConfig
 from warehouse.store import AlreadyCommitted, Busy, Warehouse
 
@@ -48,7 +51,9 @@ def retry_transient(task, task_run, state) -> bool:
 StageFn = Callable[[Warehouse, RunConfig, int, str], str]
 
 
-def run_stage(store: Warehouse, run_id: str, iteration: int, stage: str, work: Callable[[], str]) -> str | None:
+def run_unless_committed(
+    store: Warehouse, run_id: str, iteration: int, stage: str, work: Callable[[], str]
+) -> str | None:
     """Run `work` (which writes and commits the stage) unless the stage is committed; None if it was.
 
     Under the stage's lock (a second attempt running at the same time is refused with `Busy`), what an earlier,
@@ -70,7 +75,7 @@ def run_stage(store: Warehouse, run_id: str, iteration: int, stage: str, work: C
 
 
 def stage_task(stage: str, retries: int = 2, gpu: bool = False) -> Callable[[StageFn], Task]:
-    """Make a stage function a Prefect task that runs only if the stage is not committed (see `run_stage`).
+    """Make a stage function a Prefect task that runs only if the stage is not committed (`run_unless_committed`).
 
     The function gets (warehouse, config, iteration, base model folder), writes and commits its outputs, and returns
     a one-line report for the console. Transient errors are retried; the commit protocol makes a retry safe. `gpu`
@@ -81,7 +86,7 @@ def stage_task(stage: str, retries: int = 2, gpu: bool = False) -> Callable[[Sta
         def run(config: RunConfig, iteration: int, base_model_dir: str) -> None:
             store = open_warehouse(config)
             started = time.perf_counter()
-            report = run_stage(
+            report = run_unless_committed(
                 store, config.run.id, iteration, stage, lambda: fn(store, config, iteration, base_model_dir)
             )
             if report is None:
@@ -119,13 +124,24 @@ def policy_dir(store: Warehouse, config: RunConfig, iteration: int, base_model_d
     return local_checkpoint(store, config.run.id, iteration - 1, "hf")
 
 
+@lru_cache(maxsize=2)
+def shared_verifier(workers: int, timeout_s: float, extractors: tuple[str, ...]) -> Verifier:
+    """One verifier worker pool per process and settings, kept across iterations and suites (it takes seconds to
+    start); closed at exit."""
+    verifier = Verifier(workers=workers, timeout_s=timeout_s, extractors=extractors)
+    atexit.register(verifier.close)
+    return verifier
+
+
 def validate_registered_names(config: RunConfig) -> None:
     """Check the config's names of registered functions against their registries, at the start of a run or an eval.
 
-    schemas/ cannot import hicra/ (layering), so the config holds plain strings and this one function checks them;
-    each entry of `checks` is (dotted field, its names or None for the default, registry, what a name names).
+    schemas/ cannot import hicra/ (layering), so the config holds plain strings and this one function checks them
+    (a new estimator or extractor is one function and its registering decorator); each entry of `checks` is (dotted
+    field, its names or None for the default, registry, what a name names).
     """
     checks = [
+        ("algorithm.advantage", [config.algorithm.advantage], ADVANTAGES, "advantage estimator"),
         ("verifier.extractors", config.verifier.extractors, EXTRACTORS, "extractor"),
         ("eval.protocol.extractors", config.eval.protocol.extractors, EXTRACTORS, "extractor"),
     ]

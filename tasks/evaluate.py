@@ -35,8 +35,7 @@ from hicra.evaluate import (
 from hicra.generate import HFGenerator
 from schemas.config import GPU_TAG, EvalProtocol, RunConfig
 from schemas.tables import EvalResultRow, to_table
-from tasks.common import console, local_checkpoint, open_warehouse, run_stage
-from tasks.stages import _verifier
+from tasks.common import console, local_checkpoint, open_warehouse, run_unless_committed, shared_verifier
 from warehouse.catalog import query
 from warehouse.store import Warehouse
 
@@ -177,7 +176,7 @@ def _evaluate_suite(
     verifier_timeout_s: float,
 ) -> str:
     """Evaluate one checkpoint on one suite and commit the results; returns a one-line report."""
-    verifier = _verifier(verifier_workers, verifier_timeout_s, settings.extractors)
+    verifier = shared_verifier(verifier_workers, verifier_timeout_s, settings.extractors)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         job = bar.add_task(f"{checkpoint.id} {suite.name}", total=len(suite.problems) * settings.samples)
@@ -204,7 +203,7 @@ def _evaluate(
     verifier_timeout_s: float,
 ) -> list[dict]:
     """Evaluate one checkpoint on each suite not yet committed under this protocol (each suite one stage attempt, see
-    `run_stage`); returns every (suite, hash) key."""
+    `run_unless_committed`); returns every (suite, hash) key."""
     keys = []
     generator = cache(lambda: HFGenerator(_local_folder(store, checkpoint)))  # loaded once, if a suite needs it
     for suite in suites:
@@ -216,7 +215,7 @@ def _evaluate(
             _evaluate_suite, store, checkpoint, suite, settings, generator, batch_size, verifier_workers,
             verifier_timeout_s,
         )  # fmt: skip
-        report = run_stage(store, checkpoint.run_id, checkpoint.iteration, stage, work)
+        report = run_unless_committed(store, checkpoint.run_id, checkpoint.iteration, stage, work)
         if report is None:
             console.print(f"  [dim]{checkpoint.id} {suite.name}: evaluated before ({stage}), skipped[/dim]")
         else:

@@ -1,8 +1,8 @@
 """`hicra judge`'s work: classify each iteration's failed rollouts with an LLM judge (`hicra.judge`), commit verdicts.
 
 One commit per (run, iteration, judge) as stage `judge-<judge_id>` (see `schemas.tables.JudgmentRow`), under the
-stage's lock and attempt record like the training stages (`tasks.common.run_stage`): a killed `hicra judge` resumes
-at the first iteration not committed, and judging a run again with the same judge does nothing.
+stage's lock and attempt record like the training stages (`tasks.common.run_unless_committed`): a killed
+`hicra judge` resumes at the first iteration not committed, and judging a run again with the same judge does nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from functools import partial
 
 from hicra.judge import PLANNING, PROMPT_VERSION, Judge
 from schemas.tables import JudgmentRow, to_table
-from tasks.common import run_stage
+from tasks.common import run_unless_committed
 from warehouse.store import Warehouse
 
 
@@ -84,5 +84,5 @@ def judge_run(
     stage = f"judge-{judge_id(judge, sample)}"
     for iteration in iterations:
         work = partial(judge_iteration, store, run_id, iteration, judge, sample, workers)
-        report(iteration, run_stage(store, run_id, iteration, stage, work))
+        report(iteration, run_unless_committed(store, run_id, iteration, stage, work))
     return stage

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import atexit
 import datetime as dt
 import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 
 import pyarrow as pa
@@ -37,8 +35,7 @@ from hicra.smollm2 import smollm2_policy
 from hicra.tiny import build_tiny_policy
 from hicra.trainer import UpdateConfig
 from hicra.update import NodeLaunch, UpdateRequest, run_update, run_update_distributed
-from hicra.verifier import Verifier
-from schemas.config import ConfigError, RolloutSection, RunConfig
+from schemas.config import ConfigError, RolloutSection, RunConfig, from_sections
 from schemas.tables import (
     AdvantageRow,
     CheckpointRow,
@@ -49,7 +46,7 @@ from schemas.tables import (
     TrainStepRow,
     to_table,
 )
-from tasks.common import console, local_checkpoint, policy_dir, stage_task
+from tasks.common import console, local_checkpoint, policy_dir, shared_verifier, stage_task
 from tasks.mining import planning_grams
 from warehouse.store import Warehouse
 
@@ -219,14 +216,6 @@ def _generator(ro: RolloutSection, model_dir: Path) -> Generator:
     return HFGenerator(model_dir)
 
 
-@lru_cache(maxsize=2)
-def _verifier(workers: int, timeout_s: float, extractors: tuple[str, ...]) -> Verifier:
-    """One worker pool per process and settings, kept across iterations (it takes seconds to start)."""
-    verifier = Verifier(workers=workers, timeout_s=timeout_s, extractors=extractors)
-    atexit.register(verifier.close)
-    return verifier
-
-
 @stage_task("verify")
 def verify(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: str) -> str:
     """Score every rollout against its reference with math-verify in worker processes under a deadline."""
@@ -240,10 +229,10 @@ def _score(config: RunConfig, iteration: int, rollouts: dict[str, list], max_len
     """The verifier's verdicts and shaped rewards of rollouts (columns rollout_id, response, reference and
     response_length)."""
     vc = config.verifier
-    results = _verifier(vc.workers, vc.timeout_s, tuple(vc.extractors)).score(
+    results = shared_verifier(vc.workers, vc.timeout_s, tuple(vc.extractors)).score(
         rollouts["response"], rollouts["reference"]
     )
-    shaping = RewardConfig(**config.reward.model_dump())
+    shaping = from_sections(RewardConfig, config.reward)
     return [
         ScoreRow(
             run_id=config.run.id,
@@ -334,12 +323,8 @@ def update(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: 
             group_index=rollouts["group_index"],
             pad_id=AutoTokenizer.from_pretrained(base_model_dir).pad_token_id or 0,
             advantage=algo.advantage,
-            advantage_config=AdvantageConfig(
-                adv_norm=algo.adv_norm,
-                alpha=algo.alpha,
-                entropy_fraction=algo.entropy_fraction,
-                placebo_ngram=algo.placebo_ngram,
-                seed=derive_seed("placebo", run.id, run.seed, iteration),
+            advantage_config=from_sections(
+                AdvantageConfig, algo, seed=derive_seed("placebo", run.id, run.seed, iteration)
             ),
             trainer=_update_config(config, iteration),
             dynamic_sampling=algo.dynamic_sampling,
@@ -419,31 +404,12 @@ def _update_staging(store: Warehouse, config: RunConfig, iteration: int) -> Iter
 
 def _update_config(config: RunConfig, iteration: int) -> UpdateConfig:
     """The trainer's settings from the run config (the trainer knows nothing of the advantage estimator)."""
-    tr, algo, run = config.trainer, config.algorithm, config.run
-    return UpdateConfig(
-        lr=tr.lr,
-        weight_decay=tr.weight_decay,
-        mini_batch_size=tr.mini_batch_size,
-        micro_batch_size=tr.micro_batch_size,
-        epochs=tr.epochs,
-        max_grad_norm=tr.max_grad_norm,
-        zero_stage=tr.zero_stage,
-        precision=tr.precision,
-        gradient_checkpointing=tr.gradient_checkpointing,
-        offload_optimizer=tr.offload_optimizer,
-        offload_params=tr.offload_params,
-        micro_batch_tokens=tr.micro_batch_tokens,
-        clip_low=algo.clip_low,
-        clip_high=algo.clip_high,
-        dual_clip=algo.dual_clip,
-        loss_agg=algo.loss_agg,
-        entropy_coef=algo.entropy_coef,
-        kl_coef=algo.kl_coef,
-        kl_estimator=algo.kl_estimator,
-        temperature=config.rollout.temperature,
-        norm_length=config.rollout.max_new_tokens,
-        seed=derive_seed("update", run.id, run.seed, iteration),
-    )
+    run = config.run
+    seed = derive_seed("update", run.id, run.seed, iteration)
+    return from_sections(
+        UpdateConfig, config.trainer, config.algorithm, config.rollout, norm_length=config.rollout.max_new_tokens,
+        seed=seed,
+    )  # fmt: skip
 
 
 def _metrics_table(config: RunConfig, iteration: int, stage: str, values: dict[str, float]) -> pa.Table:

@@ -7,7 +7,7 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from flows.cli import main
+from cli.main import main
 from hicra.grams import grams_version, load_grams, token_char_spans
 from hicra.tiny import build_tiny_policy
 from tests.conftest import TEST_MODEL

@@ -108,13 +108,52 @@ def test_stage_deployments_name_known_stages():
 
 
 def test_set_overrides_parse_yaml_values_and_name_bad_fields():
-    from flows.cli import _parse_override
+    from cli.common import parse_override
 
-    assert _parse_override("rollout.group_size=8") == ("rollout.group_size", 8)
-    assert _parse_override("algorithm.dynamic_sampling=true") == ("algorithm.dynamic_sampling", True)
-    key, value = _parse_override("algorithm.advantage=placebo")
+    assert parse_override("rollout.group_size=8") == ("rollout.group_size", 8)
+    assert parse_override("algorithm.dynamic_sampling=true") == ("algorithm.dynamic_sampling", True)
+    key, value = parse_override("algorithm.advantage=placebo")
     assert load_config(ROOT / "configs" / "tiny.yaml", **{key: value}).algorithm.advantage == "placebo"
-    with pytest.raises(ConfigError, match=r"algorithm\.advantage"):
-        load_config(None, **{"algorithm.advantage": "ppo"})
+    from tasks.common import validate_registered_names
+
+    with pytest.raises(ConfigError, match=r"algorithm\.advantage: unknown advantage estimator 'ppo'; known: grpo"):
+        validate_registered_names(load_config(None, **{"algorithm.advantage": "ppo"}))
     with pytest.raises(ValueError, match="--set expects"):
-        _parse_override("no-equals-sign")
+        parse_override("no-equals-sign")
+
+
+def test_hicra_settings_dataclasses_are_their_sections_fields_with_the_same_defaults():
+    """hicra/ keeps plain dataclasses (no pydantic there); each is built from its sections by field name, so its
+    defaults must be theirs, and a field renamed on one side fails `from_sections` at once."""
+    from hicra.core_algos import AdvantageConfig
+    from hicra.rewards import RewardConfig
+    from hicra.trainer import UpdateConfig
+    from schemas.config import from_sections
+
+    config = RunConfig()
+    built = {
+        AdvantageConfig: from_sections(AdvantageConfig, config.algorithm, seed=0),
+        RewardConfig: from_sections(RewardConfig, config.reward),
+        UpdateConfig: from_sections(
+            UpdateConfig, config.trainer, config.algorithm, config.rollout,
+            norm_length=config.rollout.max_new_tokens, seed=0,
+        ),
+    }  # fmt: skip
+    for cls, from_config in built.items():
+        assert from_config == cls(), cls.__name__
+    with pytest.raises(TypeError, match=r"UpdateConfig\.seed: in none of TrainerSection"):
+        from_sections(UpdateConfig, config.trainer, config.algorithm, config.rollout, norm_length=128)
+
+
+def test_a_registered_estimator_is_a_config_name_with_no_other_edit():
+    from hicra.core_algos import ADVANTAGES, grpo_advantage, register_advantage
+    from tasks.common import validate_registered_names
+
+    config = load_config(None, **{"algorithm.advantage": "test_only"})
+    with pytest.raises(ConfigError, match="unknown advantage estimator 'test_only'"):
+        validate_registered_names(config)
+    register_advantage("test_only")(grpo_advantage)
+    try:
+        validate_registered_names(config)
+    finally:
+        del ADVANTAGES["test_only"]

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from transformers import AutoTokenizer
 
-from flows.cli import main as hicra_main
+from cli.main import main as hicra_main
 from flows.train import train
 from hicra.data import DataError, load_training_problems
 from hicra.prompts import render_prompt

@@ -1,4 +1,4 @@
-"""Evaluation: suites and their layouts, the protocol hash, pass@k in SQL, `hicra eval` once only, `hicra verify`."""
+"""Evaluation: suites and their layouts, the protocol hash, pass@k in SQL, `hicra eval` once only, `hicra grade`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from flows.cli import main as hicra_main
+from cli.main import main as hicra_main
 from hicra.data import DataError, Fields
 from hicra.evaluate import load_suite, suite_settings
 from hicra.metrics import pass_at_k
@@ -148,7 +148,7 @@ def test_protocol_defaults_and_hash():
     assert len({digest, *(s.digest() for s in changed)}) == 5
 
 
-def test_hicra_verify_scores_a_file(tmp_path, capsys):
+def test_hicra_grade_scores_a_file(tmp_path, capsys):
     lines = [
         {"response": "So the answer is \\boxed{4}.", "reference": "4"},
         {"response": "\\boxed{5}", "reference": "4"},
@@ -157,7 +157,7 @@ def test_hicra_verify_scores_a_file(tmp_path, capsys):
     ]
     path = tmp_path / "outputs.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    assert hicra_main(["verify", str(path), "--workers", "1"]) == 0
+    assert hicra_main(["grade", str(path), "--workers", "1"]) == 0
     captured = capsys.readouterr()
     results = [json.loads(line) for line in captured.out.splitlines()]
     assert [(r["reward"], r["status"]) for r in results] == [(1.0, "ok"), (0.0, "ok"), (0.0, "no_answer"), (1.0, "ok")]
@@ -165,17 +165,17 @@ def test_hicra_verify_scores_a_file(tmp_path, capsys):
     assert "4 graded: 2 correct, 1 not ok" in captured.err
 
     path.write_text('{"response": "\\\\boxed{1}"}\n')
-    assert hicra_main(["verify", str(path)]) == 2
+    assert hicra_main(["grade", str(path)]) == 2
     assert "outputs.jsonl:1: needs the fields" in capsys.readouterr().err
 
 
-def test_hicra_verify_extractors_flag(tmp_path, capsys):
+def test_hicra_grade_extractors_flag(tmp_path, capsys):
     """The full chain by default, `--extractors` to choose, `--fallbacks` still accepted with a warning."""
     path = tmp_path / "outputs.jsonl"
     path.write_text(json.dumps({"response": "So we get $x = 4$.", "reference": "4"}) + "\n")
 
     def graded(*flags: str) -> tuple[float, str]:
-        assert hicra_main(["verify", str(path), "--workers", "1", *flags]) == 0
+        assert hicra_main(["grade", str(path), "--workers", "1", *flags]) == 0
         result = json.loads(capsys.readouterr().out)
         return result["reward"], result["status"]
 
@@ -183,8 +183,11 @@ def test_hicra_verify_extractors_flag(tmp_path, capsys):
     assert graded("--extractors", "boxed") == (0.0, "no_answer")
     with pytest.warns(FutureWarning, match="--fallbacks is deprecated: use --extractors"):
         assert graded("--fallbacks", "boxed,latex") == (1.0, "ok")
-    assert hicra_main(["verify", str(path), "--extractors", "boxed,nope"]) == 2
+    assert hicra_main(["grade", str(path), "--extractors", "boxed,nope"]) == 2
     assert "known: boxed, " in capsys.readouterr().err
+    with pytest.warns(FutureWarning, match="`hicra verify` is deprecated: use `hicra grade`"):
+        assert hicra_main(["verify", str(path), "--workers", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["reward"] == 1.0
 
 
 def test_training_evaluates_every_k_iterations(small_run, warehouse_copy):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.cli import main as hicra_main
+from cli.main import main as hicra_main
 from flows.experiment import experiment
 from schemas.config import ConfigError, load_config
 from schemas.experiment import load_experiment, parse_run_id
@@ -58,7 +58,7 @@ def grid(tmp_path_factory, prefect_server):
     folder = tmp_path_factory.mktemp("grid")
     path = write_experiment(folder)
     root = folder / "wh"
-    command = [sys.executable, "-m", "flows.cli", "experiment", "--config", str(path)]
+    command = [sys.executable, "-m", "cli", "experiment", "--config", str(path)]
     process = subprocess.Popen(
         command, cwd=ROOT, env=child_env(PREFECT_API_URL=prefect_server, HICRA_DEBUG="1"),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

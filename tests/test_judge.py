@@ -18,14 +18,14 @@ import time
 import httpx
 import pytest
 
-from flows.cli import main as hicra
-from flows.report import summary_rows
+from cli.main import main as hicra
 from hicra.judge import CATEGORIES, UNPARSEABLE, Judge, parse_verdict
 from hicra.tiny import build_tiny_policy
 from schemas.tables import RolloutRow, ScoreRow, to_table
 from tests.conftest import TEST_MODEL, child_env, free_port
 from tests.test_vllm import vllm_python  # noqa: F401 (the fixture: skips or fails without the vLLM environment)
 from warehouse.catalog import query
+from warehouse.report import summary_rows
 from warehouse.store import Warehouse
 
 RUN = "judged"

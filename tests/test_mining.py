@@ -111,7 +111,7 @@ def mined_warehouse(small_run, tmp_path_factory):
 
 
 def test_flow_stores_the_set_once(mined_warehouse, capsys):
-    from flows.cli import main
+    from cli.main import main
     from flows.mining import mine_sgs
     from tasks.mining import SGS_RUN_ID, stored_grams
     from warehouse.catalog import query

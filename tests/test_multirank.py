@@ -61,7 +61,7 @@ def test_two_nodes_match_one_rank(tmp_path):
     config = small_config(tmp_path / "wh", trainer={"nodes": {"count": 2, "master": master, "shared_dir": str(shared)}})
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
     follower = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "update-node", "--config", str(tmp_path / "run.yaml"), "--node-rank", "1",
+        [sys.executable, "-m", "cli", "update-node", "--config", str(tmp_path / "run.yaml"), "--node-rank", "1",
          "--once"],
         env=child_env(PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
@@ -90,7 +90,7 @@ def test_training_flow_updates_on_two_nodes(tmp_path, prefect_server):
     config = small_config(tmp_path / "wh", iterations=1, trainer={"nodes": {"count": 2, "master": master}})
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
     follower = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "update-node", "--config", str(tmp_path / "run.yaml"), "--once"],
+        [sys.executable, "-m", "cli", "update-node", "--config", str(tmp_path / "run.yaml"), "--once"],
         env=child_env(PYTHONPATH=str(ROOT), SLURM_NODEID="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True,
     )  # fmt: skip

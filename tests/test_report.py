@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flows.cli import main
-from flows.report import PLOTS, inline_markdown, summary_rows
+from cli.main import main
+from warehouse.report import PLOTS, inline_markdown, summary_rows
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from moto.server import ThreadedMotoServer
 
-from flows.cli import main as hicra
+from cli.main import main as hicra
 from hicra.cache import default_cache_dir
 from schemas.tables import RolloutRow, ScoreRow, to_table
 from tests.conftest import free_port, small_config
@@ -64,10 +64,10 @@ def test_commit_protocol_check_and_gc_on_s3(s3):
     with store.fs.open(leftover, "wb") as fh:
         pq.write_table(to_table(ScoreRow, [score("r", 0, 0, 0, 1.0)]), fh)
     assert query(store.url, "SELECT count(*) AS n FROM scores").to_pylist() == [{"n": 0}]
-    assert [(p.kind, p.path) for p in store.verify()] == [("extra", store.relative(leftover))]
+    assert [(p.kind, p.path) for p in store.check_files()] == [("extra", store.relative(leftover))]
     assert sorted(store.gc(min_age=0, dry_run=True).removed) == sorted([staging, leftover])
     assert sorted(store.discard_uncommitted("r", 0, "verify")) == sorted([staging, leftover])
-    assert store.verify() == [] and store.gc(min_age=0).removed == []
+    assert store.check_files() == [] and store.gc(min_age=0).removed == []
 
     scores = [score("r", 0, 0, s, float(s == 0)) for s in (0, 1)]
     store.commit_stage("r", 0, "verify", {"scores": to_table(ScoreRow, scores)})
@@ -88,7 +88,7 @@ def test_commit_protocol_check_and_gc_on_s3(s3):
     data = bytearray(store.fs.cat_file(path))
     data[10] ^= 0xFF
     store.fs.pipe_file(path, bytes(data))
-    assert [p.kind for p in store.verify()] == ["altered"]
+    assert [p.kind for p in store.check_files()] == ["altered"]
 
     store.freeze_config("r", "a: 1\n", "abc")
     store.freeze_config("r", "a: 2\n", "def", note="forced abc -> def")
@@ -147,7 +147,7 @@ def test_training_on_s3_resumes_and_loads_checkpoints_from_it(s3, prefect_server
         assert (copy / "hf" / "config.json").is_file() and any((copy / "deepspeed").rglob("*"))
         policy = query(url, "SELECT DISTINCT policy_iteration FROM rollouts WHERE iteration = 1").column(0).to_pylist()
         assert policy == [0]
-        assert store.verify() == [] and list(work.iterdir()) == []
+        assert store.check_files() == [] and list(work.iterdir()) == []
     finally:
         shutil.rmtree(cache, ignore_errors=True)
 

@@ -19,8 +19,8 @@ import psutil
 import pytest
 import yaml
 
-from flows.serve import AUTOMATION, POOL, PREFECT, STAGE_POOLS, alive, state_dir, stop
 from schemas.config import GPU_TAG
+from tasks.prefect_server import AUTOMATION, POOL, PREFECT, STAGE_POOLS, alive, state_dir, stop
 from tests.conftest import ROOT, child_env, free_port, small_config
 from tests.test_evaluate import eval_commits
 from tests.test_train_flow import assert_same_warehouse
@@ -42,7 +42,7 @@ def served(tmp_path_factory):
     env = child_env(PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false", PREFECT_WORKER_QUERY_SECONDS="2")
     started: list[psutil.Process] = []
     try:
-        out = run(sys.executable, "-m", "flows.cli", "serve", "--warehouse", str(root), "--port", str(port), env=env)
+        out = run(sys.executable, "-m", "cli", "serve", "--warehouse", str(root), "--port", str(port), env=env)
         assert "server: started" in out and "worker: started" in out, out
         assert f"http://127.0.0.1:{port}" in out
         pids = {name: int((state_dir(root) / f"hicra-{name}.pid").read_text()) for name in ("server", "worker")}
@@ -64,7 +64,7 @@ def test_serve_again_is_harmless_and_sets_everything_up(served):
     again = run(
         sys.executable,
         "-m",
-        "flows.cli",
+        "cli",
         "serve",
         "--warehouse",
         str(served["root"]),
@@ -134,7 +134,7 @@ def test_stages_run_as_deployments_on_two_pools(served, small_run, tmp_path):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     root = served["root"]
-    out = run(sys.executable, "-m", "flows.cli", "serve", "--pools", "--warehouse", str(root), env=served["env"])
+    out = run(sys.executable, "-m", "cli", "serve", "--pools", "--warehouse", str(root), env=served["env"])
     assert "worker-gpu: started" in out and "worker-cpu: started" in out and "worker: already running" in out, out
     for name in STAGE_POOLS:
         process = psutil.Process(int((state_dir(root) / f"hicra-{name}.pid").read_text()))
@@ -143,7 +143,7 @@ def test_stages_run_as_deployments_on_two_pools(served, small_run, tmp_path):
     orchestration = {"stage_deployments": STAGE_DEPLOYMENTS}
     config.write_text(yaml.safe_dump(small_config(tmp_path / "wh", iterations=1, orchestration=orchestration)))
     env = {**served["env"], "PREFECT_API_URL": served["api"]}
-    out = run(sys.executable, "-m", "flows.cli", "train", "--config", str(config), env=env)
+    out = run(sys.executable, "-m", "cli", "train", "--config", str(config), env=env)
     assert out.count("running as deployment hicra-stage/") == 4, out
     assert_same_warehouse(tmp_path / "wh", small_run[0], where="iteration = 0")
     with temporary_settings(updates={PREFECT_API_URL: served["api"]}), get_client(sync_client=True) as client:
@@ -188,7 +188,7 @@ def test_gpu_stage_waits_for_the_gpu_slot(served, small_run, tmp_path):
         # the run prints "iteration 1/2" just before its first GPU task (iteration 0's rollout, committed: the task
         # only prints "committed, skipped", but inside the slot); a task run waiting for a slot is not in the API yet
         log = tmp_path / "train.log"
-        command = [sys.executable, "-m", "flows.cli", "train", "--config", str(config)]
+        command = [sys.executable, "-m", "cli", "train", "--config", str(config)]
         with log.open("w") as out:
             process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 600
@@ -218,7 +218,7 @@ def test_stage_deployment_that_does_not_commit_fails_the_run_clearly(served, tmp
     orchestration = {"stage_deployments": {"rollout": CPU}, "stage_warehouse": str(tmp_path / "not-mounted")}
     config.write_text(yaml.safe_dump(small_config(tmp_path / "wh", "lost", iterations=1, orchestration=orchestration)))
     env = {**served["env"], "PREFECT_API_URL": served["api"]}
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "train", "--config", str(config)], env=env, cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "cli", "train", "--config", str(config)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 2, done.stderr[-3000:]
     message = (
@@ -229,9 +229,9 @@ def test_stage_deployment_that_does_not_commit_fails_the_run_clearly(served, tmp
 
 
 def test_stop_leaves_nothing(served):
-    out = run(sys.executable, "-m", "flows.cli", "stop", "--warehouse", str(served["root"]), env=served["env"])
+    out = run(sys.executable, "-m", "cli", "stop", "--warehouse", str(served["root"]), env=served["env"])
     assert re.match(r"stopped: worker(, worker-gpu, worker-cpu)?, server", out), out  # stage workers if started
     assert not [p.pid for p in served["started"] if alive(p.pid)]
     assert not list(state_dir(served["root"]).glob("*.pid"))
-    again = run(sys.executable, "-m", "flows.cli", "stop", "--warehouse", str(served["root"]), env=served["env"])
+    again = run(sys.executable, "-m", "cli", "stop", "--warehouse", str(served["root"]), env=served["env"])
     assert "nothing was running" in again

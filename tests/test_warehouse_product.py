@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from flows.cli import main as hicra
+from cli.main import main as hicra
 from schemas.tables import RolloutRow, ScoreRow, to_table
 from tests.conftest import ROOT, child_env, small_config
 from tests.test_warehouse import rollout, score
@@ -271,7 +271,7 @@ def test_readers_see_whole_iterations_while_a_run_writes(tmp_path, prefect_serve
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(small_config(tmp_path / "wh", rollout={"prompts_per_iteration": 4})))
     env = child_env(PREFECT_API_URL=prefect_server)
-    command = [sys.executable, "-m", "flows.cli", "train", "--config", str(config)]
+    command = [sys.executable, "-m", "cli", "train", "--config", str(config)]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen: list[dict[int, tuple]] = []
     deadline = time.monotonic() + 600

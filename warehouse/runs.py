@@ -1,14 +1,9 @@
-"""`hicra runs` and `hicra status RUN`: what runs a warehouse holds and how far each got, from commit records."""
+"""What runs a warehouse holds and how far each got, from commit records (`hicra runs`, `hicra status RUN`)."""
 
 from __future__ import annotations
 
-import argparse
-
-from rich.console import Console
-from rich.table import Table
-
+from schemas.config import STAGES
 from warehouse.catalog import connect, query
-from warehouse.store import ROOT_HELP, STAGES, default_root
 
 RUNS_SQL = """
 WITH last AS (
@@ -52,32 +47,3 @@ def status(root: str, run_id: str) -> list[dict]:
         result = con.execute(STATUS_SQL.format(columns=columns, stages=_stages()), {"run": run_id})
         names = [d[0] for d in result.description]
         return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
-
-
-def _print(rows: list[dict], title: str) -> None:
-    table = Table(title=title)
-    for name in rows[0] if rows else ["(none)"]:
-        table.add_column(name)
-    for row in rows:
-        table.add_row(*("-" if v is None else str(v) for v in row.values()))
-    Console().print(table)
-
-
-def _show_runs(args: argparse.Namespace) -> int:
-    _print(runs(default_root(args.warehouse)), "runs")
-    return 0
-
-
-def _show_status(args: argparse.Namespace) -> int:
-    _print(status(default_root(args.warehouse), args.run_id), f"run {args.run_id}")
-    return 0
-
-
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    runs_parser = sub.add_parser("runs", help="list the warehouse's runs, their last committed stage and failures")
-    runs_parser.add_argument("--warehouse", help=ROOT_HELP)
-    runs_parser.set_defaults(func=_show_runs)
-    status_parser = sub.add_parser("status", help="show a run's iterations and when each stage committed")
-    status_parser.add_argument("run_id")
-    status_parser.add_argument("--warehouse", help=ROOT_HELP)
-    status_parser.set_defaults(func=_show_status)

@@ -17,7 +17,7 @@ On an object store a move is a copy then a delete, so a kill can leave a partial
 copies behind: they are uncommitted, hence invisible and removed like any leftover. The protocol stays safe because it
 never relies on the move being atomic: the commit record is the only proof, it is written after every file it names
 is complete, and an object PUT is atomic (a reader gets the whole record or none); the sha256 and row count it holds
-let `verify` prove each named file is the one written.
+let `check_files` prove each named file is the one written.
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from schemas.config import STAGES
 from schemas.tables import SCHEMA_VERSION
 
-STAGES = ("rollout", "verify", "annotate", "update")
 DEFAULT_ROOT = "warehouse-data"
 ROOT_HELP = f"warehouse root (default: $HICRA_WAREHOUSE or ./{DEFAULT_ROOT})"
 
@@ -62,7 +62,7 @@ big commit (thousands of long rollouts) with several threads."""
 
 @dataclass(frozen=True)
 class FileProblem:
-    """Something `Warehouse.verify` found wrong: `kind` is missing, truncated, altered or extra."""
+    """Something `Warehouse.check_files` found wrong: `kind` is missing, truncated, altered or extra."""
 
     path: str
     kind: str
@@ -387,7 +387,7 @@ class Warehouse:
                 found.append(path)
         return found
 
-    def verify(self, run_id: str | None = None) -> list[FileProblem]:
+    def check_files(self, run_id: str | None = None) -> list[FileProblem]:
         """Check every committed file against its commit record (exists, row count, sha256) and list extra files."""
         problems = []
         for c in self.commits(run_id):

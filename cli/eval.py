@@ -1,6 +1,7 @@
-"""`hicra eval` (the `hicra-eval` flow on one checkpoint) and `hicra verify` (grade a file of model outputs).
+"""`hicra eval` (the `hicra-eval` flow on one checkpoint) and `hicra grade` (grade a file of model outputs).
 
-Kept apart from flows/evaluate.py so that building the command line imports neither Prefect nor torch.
+`hicra grade` was called `hicra verify`, which still works with a deprecation warning: "verify" is the training stage
+that grades rollouts. Building the command line imports neither Prefect nor torch.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from cli.common import ROOT_HELP, prefect_defaults, warehouse_root
 
 if TYPE_CHECKING:
     from schemas.config import EvalProtocol
@@ -45,10 +48,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         ev.add_argument(f"--{name}-field", help=f"the {name} column of a suite file (dotted for a struct field)")
     ev.add_argument("--batch-size", type=int, default=64, help="sequences generated together")
     ev.add_argument("--workers", type=int, default=2, help="verifier worker processes")
-    ev.add_argument("--warehouse", help="warehouse root (default: $HICRA_WAREHOUSE or ./warehouse-data)")
+    ev.add_argument("--warehouse", help=ROOT_HELP)
     ev.set_defaults(func=cmd_eval)
 
-    vf = sub.add_parser("verify", help="grade a JSONL file of model outputs (fields `response` and `reference`)")
+    vf = sub.add_parser(
+        "grade", aliases=["verify"], help="grade a JSONL file of model outputs (fields `response` and `reference`)"
+    )
     vf.add_argument("file", help="JSONL: one object per line with `response` and `reference` (a string or a list)")
     vf.add_argument("--out", help="output JSONL (default: stdout): reward, status, extracted, detail per input line")
     vf.add_argument("--workers", type=int, default=2, help="verifier worker processes")
@@ -59,7 +64,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "hicra.verifier.EXTRACTORS; `boxed` grades as training does by default; see docs/grading.md)",
     )
     vf.add_argument("--fallbacks", help="deprecated: the old name of --extractors")
-    vf.set_defaults(func=cmd_verify)
+    vf.set_defaults(func=cmd_grade)
 
 
 def _protocol(args: argparse.Namespace, suites: list[str]) -> EvalProtocol:
@@ -76,9 +81,7 @@ def _protocol(args: argparse.Namespace, suites: list[str]) -> EvalProtocol:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from flows.cli import _prefect_defaults, _warehouse
-
-    _prefect_defaults()
+    prefect_defaults()
     from rich.console import Console
     from rich.table import Table
 
@@ -90,7 +93,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         None if args.iteration == "all" else args.iteration if args.iteration == "latest" else int(args.iteration)
     )
     rows = evaluate(
-        warehouse=_warehouse(args),
+        warehouse=warehouse_root(args),
         run_id=args.run,
         iteration=iteration,
         model_dir=args.model,
@@ -126,9 +129,12 @@ def _extractors(args: argparse.Namespace) -> tuple[str, ...]:
     return FULL_CHAIN if names is None else tuple(name.strip() for name in names.split(",") if name.strip())
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
+def cmd_grade(args: argparse.Namespace) -> int:
     from hicra.data import DataError, read_jsonl
     from hicra.verifier import Verifier
+
+    if args.command == "verify":
+        warnings.warn("`hicra verify` is deprecated: use `hicra grade`", FutureWarning, stacklevel=2)
 
     path = Path(args.file)
     responses, references = [], []

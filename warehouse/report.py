@@ -1,12 +1,12 @@
-"""`hicra report RUN`: PNG plots of a run's `iteration_summary` (one per quantity) and an index.md that shows them.
+"""A run's report: PNG plots of its `iteration_summary` (one per quantity) and an index.md that shows them.
 
-The same plots go into a Prefect markdown artifact after every iteration (`flows.train.report_iteration`), inlined as
-data URIs. No Prefect here; matplotlib is imported on use, so other `hicra` commands do not pay for it.
+`hicra report RUN` writes them (cli/report.py); the training flow puts the same plots into a Prefect markdown artifact
+after every iteration (`flows.train.report_iteration`), inlined as data URIs. No Prefect, no torch here; matplotlib is
+imported on use, so other `hicra` commands do not pay for it.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import math
@@ -16,7 +16,6 @@ from pathlib import Path
 import pyarrow.compute as pc
 
 from warehouse.catalog import query
-from warehouse.store import ROOT_HELP
 
 
 @dataclass(frozen=True)
@@ -115,46 +114,3 @@ def write_report(root: str | Path, run_id: str, out: str | Path) -> Path:
     index = out / "index.md"
     index.write_text(markdown(run_id, rows, {p.name: f"{p.name}.png" for p in PLOTS}))
     return index
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from flows.cli import _warehouse
-
-    root = _warehouse(args)
-    if len(args.run_ids) == 1 and not args.experiment:
-        index = write_report(root, args.run_ids[0], args.out or Path("reports") / args.run_ids[0])
-        print(f"wrote {len(PLOTS)} plots and {index}")
-        return 0
-    return compare_runs(root, args)
-
-
-def compare_runs(root: str, args: argparse.Namespace) -> int:
-    """`hicra report RUN RUN ...` / `--experiment NAME`: the multi-run report (warehouse.compare)."""
-    from rich.console import Console
-
-    from warehouse.compare import final_table, panels, write_comparison
-    from warehouse.experiments import comparison_data, experiment_runs
-
-    if not args.run_ids and not args.experiment:
-        raise ValueError("hicra report: give run ids or --experiment NAME")
-    run_ids = list(dict.fromkeys([*args.run_ids, *(experiment_runs(root, args.experiment) if args.experiment else [])]))
-    data = comparison_data(root, run_ids, args.suite)
-    name = args.experiment or "comparison"
-    title = f"Experiment {args.experiment}" if args.experiment else f"Runs {', '.join(run_ids)}"
-    index = write_comparison(data, args.baseline, args.out or Path("reports") / name, title)
-    Console(width=80).print(final_table(data, args.baseline))
-    print(f"wrote {len(panels(data))} plots and {index}")
-    return 0
-
-
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    report = sub.add_parser(
-        "report", help="plot a run's per-iteration summary, or compare runs (methods x seeds) with statistics"
-    )
-    report.add_argument("run_ids", nargs="*", metavar="RUN", help="one run: its plots; several: the comparison")
-    report.add_argument("--experiment", help="compare the runs of this experiment (`hicra experiment`)")
-    report.add_argument("--baseline", default="grpo", help="the method the others are tested against (default grpo)")
-    report.add_argument("--suite", help="the held-out suite compared (default: the one every run was evaluated on)")
-    report.add_argument("--warehouse", help=ROOT_HELP)
-    report.add_argument("--out", help="output folder (default: ./reports/RUN or ./reports/EXPERIMENT)")
-    report.set_defaults(func=cmd_report)

@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 import os
 
+from cli.common import ROOT_HELP, warehouse_root
 from hicra.judge import DEFAULT_BASE_URL
-from warehouse.store import ROOT_HELP
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    from flows.cli import _warehouse
     from hicra.judge import Judge
     from tasks.judge import judge_run
 
@@ -25,7 +24,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
     judge = Judge(args.base_url, args.model, args.api_key or os.environ.get("OPENAI_API_KEY"), args.constrain)
     try:
         print(f"judging the failed rollouts of {args.run_id} with {judge.model} at {args.base_url}", flush=True)
-        stage = judge_run(_warehouse(args), args.run_id, judge, args.sample, args.workers, report)
+        stage = judge_run(warehouse_root(args), args.run_id, judge, args.sample, args.workers, report)
     finally:
         judge.close()
     print(f'verdicts committed as stage {stage}; see `hicra sql "select * from error_types"` and `hicra report`')

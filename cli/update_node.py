@@ -11,6 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
+from cli.common import add_set_option, config_warehouse, parse_override
 from schemas.config import RunConfig, load_config
 
 
@@ -20,11 +21,10 @@ def watch_folder(config: RunConfig) -> Path:
 
 
 def cmd_update_node(args: argparse.Namespace) -> int:
-    from flows.cli import _parse_override
     from hicra.update import NodeLaunch, follow_updates
 
-    warehouse = args.warehouse or os.environ.get("HICRA_WAREHOUSE")  # as `hicra train` finds it
-    config = load_config(args.config, **{"run.warehouse": warehouse, **dict(map(_parse_override, args.set))})
+    overrides = dict(map(parse_override, args.set))
+    config = load_config(args.config, **{"run.warehouse": config_warehouse(args), **overrides})
     nodes = config.trainer.nodes
     if nodes.count < 2:
         raise ValueError(f"{args.config}: trainer.nodes.count is {nodes.count}; a follower needs 2 or more nodes")
@@ -42,10 +42,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     node = sub.add_parser("update-node", help="join a run's multi-node updates as node K (K >= 1) of trainer.nodes")
     node.add_argument("--config", required=True, help="the run's YAML config (trainer.nodes names the nodes)")
     node.add_argument("--warehouse", help="warehouse root (default: $HICRA_WAREHOUSE or the config's)")
-    node.add_argument(
-        "--set", action="append", default=[], metavar="FIELD=VALUE",
-        help="override a config field as `hicra train --set` does (give both the same overrides)",
-    )  # fmt: skip
+    add_set_option(node, "override a config field as `hicra train --set` does (give both the same overrides)")
     node.add_argument(
         "--node-rank", type=int, default=int(os.environ.get("SLURM_NODEID", "-1")),
         help="this node's rank, 1..count-1 (default: $SLURM_NODEID)",

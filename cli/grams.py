@@ -10,6 +10,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, get_args
 
+from cli.common import ROOT_HELP, prefect_defaults, warehouse_root
 from hicra.mining import AUTO_MINIBATCH_ABOVE, MAX_DEFAULT_CLUSTERS, Algorithm
 
 
@@ -18,11 +19,10 @@ def _gram_set(args: argparse.Namespace) -> list[str]:
     from hicra.grams import load_grams
 
     if args.grams_version:
-        from flows.cli import _warehouse
         from tasks.mining import stored_grams
         from warehouse.store import Warehouse
 
-        return stored_grams(Warehouse(_warehouse(args)), args.grams_version)
+        return stored_grams(Warehouse(warehouse_root(args)), args.grams_version)
     return load_grams(Path(args.grams) if args.grams else None)
 
 
@@ -72,13 +72,11 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
 
 def cmd_sgs_mine(args: argparse.Namespace) -> int:
-    from flows.cli import _prefect_defaults, _warehouse
-
-    _prefect_defaults()
+    prefect_defaults()
     from flows.mining import mine_sgs
     from tasks.common import console
 
-    warehouse = _warehouse(args)
+    warehouse = warehouse_root(args)
     result = mine_sgs(
         warehouse=warehouse,
         where=args.where,
@@ -105,13 +103,12 @@ def cmd_sgs_mine(args: argparse.Namespace) -> int:
 
 
 def cmd_sgs_compare(args: argparse.Namespace) -> int:
-    from flows.cli import _warehouse
     from hicra.grams import load_grams
     from hicra.mining import compare_sets
     from tasks.mining import print_comparison, stored_grams
     from warehouse.store import Warehouse
 
-    mined = stored_grams(Warehouse(_warehouse(args)), args.version)
+    mined = stored_grams(Warehouse(warehouse_root(args)), args.version)
     reference = load_grams(Path(args.reference) if args.reference else None)
     print_comparison(args.version, args.reference or "the paper's list", compare_sets(mined, reference))
     return 0
@@ -119,7 +116,7 @@ def cmd_sgs_compare(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add `annotate` and `sgs {mine,compare}` to the `hicra` command line."""
-    warehouse_help = "warehouse root (default: $HICRA_WAREHOUSE or ./warehouse-data)"
+    warehouse_help = ROOT_HELP
 
     annotate = sub.add_parser("annotate", help="mark Strategic Grams (and planning tokens) in a JSONL of responses")
     annotate.add_argument("file", help="JSONL file, one object per line with the response text")

@@ -4,89 +4,104 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
+import shutil
 import sys
+import warnings
 from typing import TextIO
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
-from rich.console import Console
-from rich.table import Table
 
+from cli.common import ROOT_HELP, warehouse_root
 from warehouse.catalog import init_sql, query
 from warehouse.export import EXPORT_FORMATS, export_rollouts
-from warehouse.store import ROOT_HELP, Warehouse, default_root
+from warehouse.store import Warehouse
 
-FORMATS = ("table", "csv", "json", "parquet")
-
-
-def _existing_root(args: argparse.Namespace) -> str:
-    """The warehouse root the arguments name; an error if nothing is there (rather than empty views)."""
-    root = default_root(args.warehouse)
-    if not Warehouse(root).exists():
-        raise FileNotFoundError(f"no warehouse at {root!r} (use --warehouse or $HICRA_WAREHOUSE)")
-    return root
+FORMATS = ("box", "csv", "json", "markdown", "line", "parquet")
+"""`box`: DuckDB's own renderer, fitted to the terminal (columns and rows it cannot fit are elided, with a note, as
+DuckDB's CLI does); `line`: one `column = value` line per field, records apart (DuckDB's `.mode line`)."""
+MAX_ROWS = 40  # rows `box` shows (first and last halves), as DuckDB's CLI `.maxrows`
+FILE_WIDTH = 100_000  # `box` into a file: no column elided
 
 
-def _plain(value: object) -> object:
-    """A value as CSV shows it: nested values as JSON, NULL as an empty field."""
+def _plain(value: object, null: str = "") -> object:
+    """A value as text formats show it: nested values as JSON, NULL as `null`."""
     if isinstance(value, list | dict):
         return json.dumps(value, default=str)
-    return "" if value is None else value
+    return null if value is None else value
 
 
-def write_result(result: pa.Table, fmt: str, out: TextIO) -> None:
-    """Write a query result to a text stream: a rich table, CSV with a header, or a JSON array (one row a line)."""
-    if fmt == "table":
-        table = Table(caption=f"{result.num_rows} rows")
-        for name in result.column_names:
-            table.add_column(name)
-        for row in result.to_pylist():
-            table.add_row(*("NULL" if v is None else str(v) for v in row.values()))
-        Console(file=out).print(table)
+def write_box(result: pa.Table, out: TextIO, width: int, max_rows: int = MAX_ROWS) -> None:
+    """DuckDB's box rendering of a result at most `width` columns wide (a 1-row result has no footer to wrap)."""
+    relation = duckdb.connect().from_arrow(result)
+    with contextlib.redirect_stdout(out):
+        relation.show(max_width=width, max_rows=max_rows, null_value="NULL")
+
+
+def write_result(result: pa.Table, fmt: str, out: TextIO, width: int = 80, max_rows: int = MAX_ROWS) -> None:
+    """Write a query result to a text stream in one of `FORMATS` (but parquet): `box` at most `width` wide, CSV with
+    a header, a JSON array (one row a line), a Markdown table, or one field per line."""
+    rows = result.to_pylist()
+    if fmt == "box":
+        write_box(result, out, width, max_rows)
     elif fmt == "csv":
         writer = csv.writer(out)
         writer.writerow(result.column_names)
-        writer.writerows([_plain(v) for v in row.values()] for row in result.to_pylist())
+        writer.writerows([_plain(v) for v in row.values()] for row in rows)
+    elif fmt == "json":
+        out.write("[\n" + ",\n".join(json.dumps(row, default=str) for row in rows) + "\n]\n")
+    elif fmt == "markdown":
+        cells = [[str(_plain(v, "NULL")).replace("|", "\\|").replace("\n", " ") for v in r.values()] for r in rows]
+        lines = [result.column_names, ["---"] * result.num_columns, *cells]
+        out.writelines("| " + " | ".join(line) + " |\n" for line in lines)
+    elif fmt == "line":
+        pad = max((len(name) for name in result.column_names), default=0)
+        records = ["".join(f"{k:>{pad}} = {_plain(v, 'NULL')}\n" for k, v in row.items()) for row in rows]
+        out.write("\n".join(records))
     else:
-        rows = [json.dumps(row, default=str) for row in result.to_pylist()]
-        out.write("[\n" + ",\n".join(rows) + "\n]\n")
+        raise ValueError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
     if args.init_file:
-        print(init_sql(_existing_root(args)))
+        print(init_sql(warehouse_root(args, must_exist=True)))
         return 0
     if args.statement is None:
         raise ValueError("give a SQL statement (or --init-file)")
+    if args.format == "table":
+        warnings.warn("--format table is deprecated: use --format box (the default)", FutureWarning, stacklevel=2)
+        args.format = "box"
     if args.format == "parquet" and not args.out:
         raise ValueError("--format parquet needs --out FILE")
     try:
-        result = query(_existing_root(args), args.statement, read_only=True)
+        result = query(warehouse_root(args, must_exist=True), args.statement, read_only=True)
     except duckdb.Error as err:  # DuckDB's first line names the problem; the rest repeats the statement
         raise ValueError(str(err).splitlines()[0]) from None
     if args.format == "parquet":
         pq.write_table(result, args.out, compression="zstd")
-    elif args.out:
+    elif args.out:  # a file has no width: nothing elided
         with open(args.out, "w", newline="") as fh:
-            write_result(result, args.format, fh)
+            write_result(result, args.format, fh, width=FILE_WIDTH, max_rows=args.max_rows or result.num_rows)
     else:
-        write_result(result, args.format, sys.stdout)
+        width = shutil.get_terminal_size().columns  # $COLUMNS, else the terminal's, else 80
+        write_result(result, args.format, sys.stdout, width=width, max_rows=args.max_rows or MAX_ROWS)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    rows = export_rollouts(_existing_root(args), args.run, args.format, args.out, args.iteration)
+    rows = export_rollouts(warehouse_root(args, must_exist=True), args.run, args.format, args.out, args.iteration)
     which = f"iteration {args.iteration}" if args.iteration is not None else "all iterations"
     print(f"exported {rows} scored rollouts of run {args.run!r} ({which}) to {args.out} ({args.format})")
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    store = Warehouse(_existing_root(args))
-    problems = store.verify(args.run)
+    store = Warehouse(warehouse_root(args, must_exist=True))
+    problems = store.check_files(args.run)
     files = sum(len(c.files) for c in store.commits(args.run))
     for p in problems:
         print(f"{p.kind:9} {p.path}: {p.detail}")
@@ -95,7 +110,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    store = Warehouse(_existing_root(args))
+    store = Warehouse(warehouse_root(args, must_exist=True))
     sweep = store.gc(min_age=args.min_age, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for path in sweep.removed:
@@ -115,7 +130,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "attach, load or configure is refused, and the connection can read only the committed files.",
     )
     sql.add_argument("statement", nargs="?", help="one SELECT statement")
-    sql.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    sql.add_argument(
+        "--format", choices=(*FORMATS, "table"), default="box",
+        help="box (default: DuckDB's table, fitted to the terminal), csv, json, markdown, line (one field per line), "
+        "parquet (needs --out); table is the old name of box",
+    )  # fmt: skip
+    sql.add_argument("--max-rows", type=int, help=f"rows the box shows (default: {MAX_ROWS}; with --out: all)")
     sql.add_argument("--out", help="write the result to this file (needed for parquet)")
     sql.add_argument("--warehouse", help=root_help)
     sql.add_argument(
