@@ -42,6 +42,12 @@ class TinyModelSection(Section):
     warmup_steps: int = Field(1500, ge=0, description="Supervised warm-up steps on the synthetic task's solutions.")
     batch_size: int = Field(8, ge=1, description="Warm-up batch size.")
     lr: float = Field(6e-3, gt=0, description="Warm-up peak learning rate (linear warm-up, cosine decay).")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        description="Seed of the policy's init and warm-up; null: run.seed. configs/experiment.yaml fixes it: its "
+        "seeds vary the RL run (prompts, sampling) from one base policy, as the paper's runs start from one model.",
+    )
 
 
 class ModelSection(Section):

@@ -65,7 +65,9 @@ def prepare_policy(config: RunConfig) -> str:
         def progress(step: int, total: int, loss: float) -> None:
             status.update(f"warming up the tiny policy: step {step}/{total}, loss {loss:.3f}")
 
-        path = build_tiny_policy(**config.model.tiny.model_dump(), seed=config.run.seed, progress=progress)
+        tiny = config.model.tiny
+        seed = config.run.seed if tiny.seed is None else tiny.seed
+        path = build_tiny_policy(**tiny.model_dump(exclude={"seed"}), seed=seed, progress=progress)
     return str(path)
 
 

@@ -39,7 +39,12 @@ def write_experiment(folder: Path, **changes: object) -> Path:
         "methods": {"grpo": {"algorithm.advantage": "grpo"}, "hicra": {"algorithm.advantage": "hicra"}},
         "seeds": [0, 1],
         "iterations": 2,
-        "overrides": {"eval.every": 1, "eval.suites": ["synthetic:6"], "rollout.prompts_per_iteration": 4},
+        "overrides": {
+            "eval.every": 1,
+            "eval.suites": ["synthetic:6"],
+            "rollout.prompts_per_iteration": 4,
+            "model.tiny.seed": 0,
+        },
         **changes,
     }
     path = folder / "experiment.yaml"
