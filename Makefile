@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: demo test test-demo lint clean-demo serve stop vllm-env
+.PHONY: demo test test-demo lint bench clean-demo serve stop vllm-env
 
 demo: $(STAMP)
 	$(BIN)/hicra train --config configs/tiny.yaml
@@ -25,6 +25,10 @@ stop:
 # The full-size embedded policy: its build and its accuracy band (minutes; the build is cached for `make demo`).
 test-demo: $(STAMP)
 	$(BIN)/python -m pytest -m demo
+
+# Where a run's wall time goes, per stage, at the tiny default and a ~20M CPU size (bench/__main__.py).
+bench: $(STAMP)
+	$(BIN)/python -m bench
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -9,8 +9,9 @@ from cli.common import add_set_option, config_warehouse, parse_override, prefect
 
 def cmd_train(args: argparse.Namespace) -> int:
     prefect_defaults()
-    from flows.train import summary_table, train
+    from flows.train import train
     from tasks.common import console
+    from tasks.summary import summary_table
 
     summaries = train(
         config_path=args.config,
@@ -23,7 +24,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     console.print(summary_table(summaries))
     where = f" --warehouse {args.warehouse}" if args.warehouse else ""
     console.print("Query the run with SQL, for example:")
-    console.print(f'  hicra sql{where} "select iteration, avg(reward) from scores group by 1 order by 1"')
+    command = f'  hicra sql{where} "select iteration, avg(reward) from scores group by 1 order by 1"'
+    console.print(command, soft_wrap=True, markup=False)  # never wrapped mid-line: it is copied to a shell
     return 0
 
 

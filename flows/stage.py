@@ -18,7 +18,7 @@ from tasks.evaluate import evaluate_iteration
 from tasks.stages import annotate_planning, prepare_policy, rollout, update, verify
 from warehouse.store import Warehouse
 
-STAGE_TASKS = {"rollout": rollout, "verify": verify, "annotate": annotate_planning, "update": update}
+STAGE_TASKS = {"rollout": rollout, "verify": verify, "annotate": annotate_planning, "update": update}  # in STAGES order
 
 
 def run_stage_in_process(config: RunConfig, stage: Stage, iteration: int, base_model_dir: str) -> None:

@@ -7,6 +7,7 @@ runs only the stages that have not committed.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -17,36 +18,14 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.runtime import flow_run
-from rich.table import Table
 
 from flows.stage import run_stage_in_process
 from schemas.config import STAGES, RunConfig, Stage, load_config
 from tasks.common import console, freeze_run_config, open_warehouse, validate_registered_names
 from tasks.evaluate import pending_eval_stages
 from tasks.stages import prepare_policy
-from tasks.summary import summarize
+from tasks.summary import iteration_line, summarize
 from warehouse.report import inline_markdown
-
-SUMMARY_COLUMNS = {
-    "reward": "reward",
-    "accuracy": "accuracy",
-    "pass_at_group": "pass@G",
-    "mean_response_length": "length",
-    "planning_token_share": "planning",
-    "zero_adv_group_share": "zero-adv groups",
-    "loss": "loss",
-}
-
-
-def summary_table(rows: list[dict]) -> Table:
-    table = Table(title="per-iteration summary")
-    table.add_column("iteration", justify="right")
-    for label in SUMMARY_COLUMNS.values():
-        table.add_column(label, justify="right")
-    for row in rows:
-        cells = [row.get(key) for key in SUMMARY_COLUMNS]
-        table.add_row(str(row.get("iteration")), *("-" if c is None else f"{c:.4g}" for c in cells))
-    return table
 
 
 def _artifact_key(run_id: str, what: str) -> str:
@@ -54,10 +33,11 @@ def _artifact_key(run_id: str, what: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", f"{run_id}-{what}".lower())
 
 
-def report_iteration(config: RunConfig, summaries: list[dict]) -> None:
-    """Print the iteration's summary, publish it as Prefect artifacts, and warn loudly when rewards carry no signal."""
+def report_iteration(config: RunConfig, summaries: list[dict], seconds: float) -> None:
+    """Print the iteration's summary line, publish the summaries as Prefect artifacts, and warn loudly when rewards
+    carry no signal; `seconds`: the iteration's wall time."""
     latest = summaries[-1]
-    console.print(summary_table([latest]))
+    console.print(iteration_line(latest, seconds), soft_wrap=True)
     create_table_artifact(
         table=summaries, key=_artifact_key(config.run.id, "summary"), description=f"Run {config.run.id}: per iteration"
     )
@@ -132,13 +112,14 @@ def run_iterations(config: RunConfig, force: bool = False) -> list[dict]:
         progress = create_progress_artifact(progress=0.0, key=_artifact_key(config.run.id, "progress"))
         summaries = []
         for iteration in range(config.run.iterations):
+            started = time.perf_counter()
             console.print(f"[bold]iteration {iteration + 1}/{config.run.iterations}[/bold] (run {config.run.id})")
             for stage in STAGES:
                 run_stage_where_configured(config, stage, iteration, base_model_dir)
             if config.eval.every and iteration % config.eval.every == config.eval.every - 1:
                 run_stage_where_configured(config, "eval", iteration, base_model_dir)
             summaries.append(summarize(config, iteration))
-            report_iteration(config, summaries)
+            report_iteration(config, summaries, time.perf_counter() - started)
             update_progress_artifact(progress, progress=100.0 * (iteration + 1) / config.run.iterations)
     return summaries
 

@@ -23,14 +23,11 @@ Tensor = torch.Tensor
 @dataclass(frozen=True)
 class AdvantageConfig:
     """What an advantage estimator needs besides tensors: the fields of `schemas.config.AlgorithmSection` of the same
-    names (built by `schemas.config.from_sections`; tests/test_config.py keeps the defaults equal) and the seed of
-    the placebo masks."""
+    names (built by `schemas.config.from_sections`; tests/test_config.py keeps the defaults equal)."""
 
     adv_norm: str = "mean"
     alpha: float = 0.2
     entropy_fraction: float = 0.3
-    placebo_ngram: int = 3
-    seed: int = 0
 
 
 class AdvantageFn(Protocol):
@@ -112,10 +109,24 @@ def hicra_advantage(rewards, group_index, response_mask, planning_mask, entropy,
 
 @register_advantage("high_entropy")
 def high_entropy_advantage(rewards, group_index, response_mask, planning_mask, entropy, config):
-    """The paper's "High-Entropy Advantage" baseline: HICRA's re-weighting on the batch's top-entropy tokens.
+    """The paper's "High-Entropy Advantage" baseline with HICRA's token budget (Section 4): in each response, HICRA's
+    re-weighting on as many tokens as its planning mask holds, the ones of highest policy entropy.
 
-    The mask is the `entropy_fraction` (default 0.3) of all response tokens of the batch with the highest policy
-    entropy (ceil of the fraction of the token count; ties broken by position).
+    So each response has its planning-token count k_b of amplified tokens, as under `hicra`, and only which tokens
+    differs (top-k_b by entropy, ties by position). Returns (B, T) advantages and the (B, T) amplified mask.
+    """
+    token_adv, _ = grpo_advantage(rewards, group_index, response_mask, planning_mask, entropy, config)
+    counts = (planning_mask.to(response_mask.dtype) * response_mask).sum(-1).long()
+    mask = top_entropy_per_response(entropy, response_mask, counts)
+    return amplify(token_adv, mask, config.alpha), mask
+
+
+@register_advantage("high_entropy_gated")
+def high_entropy_gated_advantage(rewards, group_index, response_mask, planning_mask, entropy, config):
+    """The verl-style gated variant of the high-entropy baseline: HICRA's re-weighting on a fixed share of the batch.
+
+    The mask is the `entropy_fraction` (default 0.3) of all the batch's response tokens with the highest entropy
+    (`top_entropy_mask`); its budget is that share, not the planning-token count. (B, T) in, (B, T) out.
     """
     token_adv, _ = grpo_advantage(rewards, group_index, response_mask, planning_mask, entropy, config)
     mask = top_entropy_mask(entropy, response_mask, config.entropy_fraction)
@@ -124,12 +135,13 @@ def high_entropy_advantage(rewards, group_index, response_mask, planning_mask, e
 
 @register_advantage("placebo")
 def placebo_advantage(rewards, group_index, response_mask, planning_mask, entropy, config):
-    """The paper's "Placebo HICRA": the re-weighting on random n-grams, as many tokens per response as it has
-    planning tokens (seeded by `config.seed`)."""
-    token_adv, _ = grpo_advantage(rewards, group_index, response_mask, planning_mask, entropy, config)
-    counts = (planning_mask.to(response_mask.dtype) * response_mask).sum(-1).long()
-    mask = random_ngram_mask(response_mask, counts, config.placebo_ngram, config.seed)
-    return amplify(token_adv, mask, config.alpha), mask
+    """The paper's "Placebo HICRA": HICRA's re-weighting (Eq. 3) on the matches of a placebo gram set.
+
+    The caller passes, as `planning_mask`, the tokens the annotator marks for a random gram set with the Strategic
+    Gram set's size and length distribution (`hicra.mining.placebo_grams`), so the formula is HICRA's and only the
+    credited phrases are random. (B, T) in, (B, T) advantages and amplified mask out.
+    """
+    return hicra_advantage(rewards, group_index, response_mask, planning_mask, entropy, config)
 
 
 def top_entropy_mask(entropy: Tensor, response_mask: Tensor, fraction: float) -> Tensor:
@@ -144,26 +156,15 @@ def top_entropy_mask(entropy: Tensor, response_mask: Tensor, fraction: float) ->
     return mask
 
 
-def random_ngram_mask(response_mask: Tensor, counts: Tensor, n: int, seed: int) -> Tensor:
-    """0/1 mask (B, T) of random runs of n consecutive response tokens, exactly counts[b] tokens in row b.
+def top_entropy_per_response(entropy: Tensor, response_mask: Tensor, counts: Tensor) -> Tensor:
+    """0/1 mask (B, T): in row b, the counts[b] response tokens of highest entropy (ties: the earlier position).
 
-    Each row is cut into blocks of n tokens at a random phase; blocks are taken in a random order until they
-    cover counts[b] tokens, and the last taken block is trimmed. No Python loop over rows or tokens.
+    entropy and response_mask (B, T), counts (B,) long; a row with fewer response tokens than counts[b] gets all.
     """
-    rows, width = response_mask.shape
-    generator = torch.Generator().manual_seed(seed)
-    phase = torch.randint(0, n, (rows, 1), generator=generator)
-    block = (torch.arange(width)[None, :] + phase) // n  # (B, T) block id of each token
-    n_blocks = int(block.max()) + 1 if width else 0
-    valid = (response_mask > 0).long()
-    tokens_per_block = torch.zeros(rows, n_blocks, dtype=torch.long).scatter_add_(1, block, valid)
-    order = torch.rand(rows, n_blocks, generator=generator).argsort(-1)
-    ordered = tokens_per_block.gather(1, order)
-    taken_ordered = (ordered.cumsum(-1) - ordered) < counts[:, None]
-    taken = torch.zeros_like(taken_ordered).scatter(1, order, taken_ordered)
-    chosen = taken.gather(1, block) & (valid > 0)
-    exact = chosen & (chosen.long().cumsum(-1) <= counts[:, None])
-    return exact.to(response_mask.dtype)
+    valid = response_mask > 0
+    order = entropy.masked_fill(~valid, float("-inf")).sort(dim=-1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1]).expand_as(order))
+    return ((rank < counts[:, None]) & valid).to(response_mask.dtype)
 
 
 def mixed_groups(rewards: Tensor, group_index: Tensor) -> Tensor:
@@ -235,12 +236,6 @@ def aggregate_loss(
     if mode == "seq-mean-token-sum-norm":
         return masked.sum() / max(global_sequences * norm_length, 1)
     raise ValueError(f"unknown loss aggregation {mode!r}")
-
-
-def entropy_from_logits(logits: Tensor) -> Tensor:
-    """Entropy of the softmax distribution along the last dim: (..., V) -> (...)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:

@@ -141,7 +141,7 @@ def evaluate_suite(
     settings: SuiteSettings,
     checkpoint_id: str,
     batch_size: int = 64,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[EvalSample]:
     """Sample `settings.samples` answers per problem and grade each against all of the problem's references."""
     if verifier.extractors != settings.extractors:

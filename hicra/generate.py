@@ -77,9 +77,12 @@ class Generator(ABC):
         temperature: float = 1.0,
         top_p: float = 1.0,
         batch_size: int = 64,
-        progress: Callable[[int], None] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> list[Generation]:
-        """Sample one response per prompt (repeat a prompt G times with G seeds for a group). Keeps input order."""
+        """Sample one response per prompt (repeat a prompt G times with G seeds for a group). Keeps input order.
+
+        `progress(responses, tokens)`, if given, hears how many responses are complete and how many tokens were
+        generated so far (the transformers backend: after every decoding step; vLLM: once, at the end)."""
 
     def _generation(self, token_ids: list[int], logprobs: list[float], finish_reason: str) -> Generation:
         """A sampled response with its text decoded by the policy's tokenizer (special tokens such as eos dropped)."""
@@ -114,17 +117,27 @@ class HFGenerator(Generator):
         temperature: float = 1.0,
         top_p: float = 1.0,
         batch_size: int = 64,
-        progress: Callable[[int], None] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> list[Generation]:
         out: list[Generation] = []
+        tokens_before = 0  # tokens of the finished batches
         for start in range(0, len(prompt_ids), batch_size):
             chunk = slice(start, start + batch_size)
-            out += self._generate_batch(prompt_ids[chunk], seeds[chunk], max_new_tokens, temperature, top_p)
+
+            def step(batch_tokens: int, done: int = len(out), before: int = tokens_before) -> None:
+                if progress:
+                    progress(done, before + batch_tokens)
+
+            out += self._generate_batch(prompt_ids[chunk], seeds[chunk], max_new_tokens, temperature, top_p, step)
+            tokens_before += sum(len(g.token_ids) for g in out[start:])
             if progress:
-                progress(len(out))
+                progress(len(out), tokens_before)
         return out
 
-    def _generate_batch(self, prompt_ids, seeds, max_new_tokens, temperature, top_p) -> list[Generation]:
+    def _generate_batch(
+        self, prompt_ids, seeds, max_new_tokens, temperature, top_p, step: Callable[[int], None]
+    ) -> list[Generation]:
+        """One batch, decoded step by step; `step(tokens)` hears the batch's token count after each step."""
         n = len(prompt_ids)
         width = max(len(p) for p in prompt_ids)
         input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
@@ -161,6 +174,7 @@ class HFGenerator(Generator):
             finished_now = ~done & torch.isin(sampled, eos)
             lengths[finished_now] = t + 1
             done |= finished_now
+            step(int(lengths.clamp(max=t + 1).sum()))
             if bool(done.all()):
                 break
             step_ids = sampled[:, None].to(self.device)
@@ -218,7 +232,7 @@ class VLLMGenerator(Generator):
         temperature: float = 1.0,
         top_p: float = 1.0,
         batch_size: int = 64,
-        progress: Callable[[int], None] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> list[Generation]:
         request = {
             "model": self.model_dir,
@@ -236,7 +250,7 @@ class VLLMGenerator(Generator):
             raise VLLMWorkerError(f"the vLLM worker returned {len(results)} responses for {len(seeds)} requests")
         out = [self._generation(r["token_ids"], r["logprobs"], r["finish_reason"]) for r in results]
         if progress:
-            progress(len(out))
+            progress(len(out), sum(len(g.token_ids) for g in out))
         return out
 
     def _run_worker(self, request: dict, folder: Path) -> dict:

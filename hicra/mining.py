@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -39,6 +40,9 @@ AUTO_MINIBATCH_ABOVE = 20_000
 
 MAX_DEFAULT_CLUSTERS = 1000
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+NO_CLUSTER = -1
+"""The cluster of a gram of a set that was not clustered (a placebo set): `MinedSet.cluster` holds it."""
 
 
 def word_ngrams(text: str, n_min: int = 3, n_max: int = 5) -> set[str]:
@@ -73,9 +77,10 @@ class MinedSet:
     """A mined Strategic Gram set with what explains it: each gram's cluster and document frequency."""
 
     grams: list[str]
-    """The set, by cluster (highest Cluster DF first), then by the gram's own document frequency, then A-Z."""
+    """The set, by cluster (highest Cluster DF first), then by the gram's own document frequency, then A-Z (a
+    placebo set: by length, then A-Z)."""
     cluster: dict[str, int]
-    """Gram -> cluster id; clusters are numbered by Cluster DF, 0 the highest."""
+    """Gram -> cluster id; clusters are numbered by Cluster DF, 0 the highest (`NO_CLUSTER` in a placebo set)."""
     cluster_df: dict[int, int]
     """Cluster id -> Cluster DF, for every cluster (kept or not)."""
     doc_freq: dict[str, int]
@@ -204,6 +209,48 @@ def _cluster(embeddings: Any, k: int, algorithm: str, seed: int) -> list[int]:
     else:
         raise ValueError(f"unknown clustering algorithm {algorithm!r}")
     return model.fit_predict(embeddings).tolist()
+
+
+def gram_words(gram: str) -> int:
+    """Length of a gram in words (as `word_ngrams` counts them), at least 1 ("## step" is one word)."""
+    return max(1, len(_WORD.findall(gram)))
+
+
+def placebo_grams(strategic: Sequence[str], texts: Sequence[str], seed: int) -> MinedSet:
+    """The paper's placebo for a Strategic Gram set (Placebo HICRA, Section 4): a random set of word n-grams of
+    `texts` with the set's size and length distribution (as many grams of each length in words).
+
+    Drawn uniformly, seeded, from the distinct n-grams of each length in the texts that are neither a Strategic Gram
+    nor hold one (`GramMatcher(strategic)` finds nothing in them), so the placebo's matches are never planning
+    phrases. Raises ValueError naming the length when the texts have too few such n-grams.
+    """
+    lengths = Counter(gram_words(g) for g in {normalise_gram(g) for g in strategic})
+    if not lengths:
+        raise ValueError("placebo of an empty Strategic Gram set")
+    matcher = GramMatcher(strategic)
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word_ngrams(text, min(lengths), max(lengths)))
+    rng = random.Random(seed)
+    grams: list[str] = []
+    for n in sorted(lengths):
+        pool = sorted(g for g in counts if g.count(" ") == n - 1 and not matcher.find(g))
+        if len(pool) < lengths[n]:
+            raise ValueError(
+                f"placebo: the Strategic Gram set has {lengths[n]} grams of {n} words but the corpus ({len(texts)} "
+                f"texts) has only {len(pool)} other distinct {n}-word n-grams"
+            )
+        grams += sorted(rng.sample(pool, lengths[n]))
+    params = {
+        "kind": "placebo",
+        "of": grams_version(strategic),
+        "seed": seed,
+        "lengths": {str(n): lengths[n] for n in sorted(lengths)},
+        "corpus_size": len(texts),
+        "model": "",
+    }
+    cluster = dict.fromkeys(grams, NO_CLUSTER)
+    return MinedSet(grams, cluster, {NO_CLUSTER: 0}, {g: counts[g] for g in grams}, params)
 
 
 def compare_sets(mined: Sequence[str], reference: Sequence[str]) -> dict[str, Any]:

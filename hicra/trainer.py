@@ -21,7 +21,7 @@ import deepspeed
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hicra.core_algos import aggregate_loss, clipped_policy_loss, entropy_from_logits, kl_penalty, masked_mean
+from hicra.core_algos import aggregate_loss, clipped_policy_loss, kl_penalty, masked_mean
 
 CHECKPOINT_TAG = "policy"
 
@@ -190,6 +190,91 @@ class Rollouts:
         )
 
 
+LOGPROB_CHUNK_BYTES = 256 * 2**20
+"""Largest fp32 work tensor of one chunk of tokens in `response_logprobs` (441 tokens at a 151,936 vocabulary)."""
+
+LOGPROB_CHUNK_SHARE = 16
+"""A chunk's work tensor is at most 1/16 of the logits' size too, so the two or three of them alive at once add
+at most about a fifth of the logits to the peak, whatever the micro-batch."""
+
+
+class _SelectedLogSoftmax(torch.autograd.Function):
+    """Log-prob of chosen tokens and the entropy of each distribution, a chunk of tokens at a time.
+
+    forward(logits (B, L, V), rows (N,), cols (N,), token_ids (N,), temperature, chunk) -> logprob (N,), entropy (N,)
+    in fp32, for the distributions softmax(logits[rows, cols] / temperature). Only `chunk` rows of the vocabulary
+    are copied (to fp32) at a time, and nothing of vocabulary size is saved for backward but the logits themselves:
+    backward recomputes each chunk's softmax from the saved log-normaliser and writes the gradient (one tensor the
+    size of the logits, in their dtype) in place. With x = logits / temperature, p = softmax(x):
+    d logprob / dx = onehot(token) - p;  d entropy / dx = -p * (log p + entropy).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, rows, cols, token_ids, temperature, chunk):
+        n = rows.numel()
+        logprob = torch.empty(n, dtype=torch.float32, device=logits.device)
+        entropy, lse = torch.empty_like(logprob), torch.empty_like(logprob)
+        for start in range(0, n, chunk):
+            part = slice(start, start + chunk)
+            x = logits[rows[part], cols[part]].float().div_(temperature)  # (C, V), a copy
+            lse[part] = torch.logsumexp(x, -1)
+            logprob[part] = x.gather(-1, token_ids[part, None])[:, 0] - lse[part]
+            logp = x.sub_(lse[part, None])
+            entropy[part] = -torch.linalg.vecdot(logp.exp(), logp)
+        ctx.save_for_backward(logits, rows, cols, token_ids, lse, entropy)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        ctx.set_materialize_grads(False)
+        return logprob, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logprob, grad_entropy):
+        logits, rows, cols, token_ids, lse, entropy = ctx.saved_tensors
+        grad = torch.zeros_like(logits)
+        for start in range(0, rows.numel(), ctx.chunk):
+            part = slice(start, start + ctx.chunk)
+            logp = logits[rows[part], cols[part]].float().div_(ctx.temperature).sub_(lse[part, None])  # (C, V)
+            if grad_entropy is None:
+                g = logp.exp_().mul_(-grad_logprob[part, None])  # in place: one work tensor
+            else:
+                p = logp.exp()
+                g = logp.add_(entropy[part, None]).mul_(p).mul_(-grad_entropy[part, None])
+                if grad_logprob is not None:
+                    g.addcmul_(p, grad_logprob[part, None], value=-1.0)
+                del p
+            if grad_logprob is not None:
+                g.scatter_add_(-1, token_ids[part, None], grad_logprob[part, None].contiguous())
+            grad.index_put_((rows[part], cols[part]), g.div_(ctx.temperature).to(grad.dtype), accumulate=True)
+        return grad, None, None, None, None, None
+
+
+def response_logprobs(
+    logits: torch.Tensor,
+    response_index: torch.Tensor,
+    response_ids: torch.Tensor,
+    temperature: float,
+    entropy_grad: bool = False,
+    chunk_bytes: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob (B, T) of each response token and the policy's entropy (B, T), both fp32, from logits (B, L, V).
+
+    The logits at position p predict token p + 1, so token t of row b is scored by logits[b, response_index - 1].
+    Memory: no full-vocabulary copy of the logits is made (see `_SelectedLogSoftmax`; issue 14: at Qwen's 151,936
+    vocabulary a 65,536-token micro-batch has 40 GB of fp32 logits per copy). The entropy is differentiable only
+    with `entropy_grad` (for an entropy bonus). Tokens go in chunks of `chunk_bytes` of fp32 vocabulary rows;
+    default: `LOGPROB_CHUNK_BYTES`, or 1/`LOGPROB_CHUNK_SHARE` of the logits' size where that is smaller.
+    """
+    batch, width = response_ids.shape
+    rows = torch.arange(batch, device=logits.device)[:, None].expand(batch, width).flatten()
+    if chunk_bytes is None:
+        chunk_bytes = min(LOGPROB_CHUNK_BYTES, logits.numel() * logits.element_size() // LOGPROB_CHUNK_SHARE)
+    chunk = max(1, chunk_bytes // (4 * logits.shape[-1]))
+    logprob, entropy = _SelectedLogSoftmax.apply(
+        logits, rows, (response_index - 1).flatten(), response_ids.flatten(), float(temperature), chunk
+    )
+    entropy = entropy if entropy_grad else entropy.detach()
+    return logprob.view(batch, width), entropy.view(batch, width)
+
+
 def token_logprobs(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -200,12 +285,9 @@ def token_logprobs(
     entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob (B, T) of each response token under the model at `temperature`, and the policy's entropy (B, T)
-    (differentiable only with `entropy_grad`, for an entropy bonus)."""
+    (differentiable only with `entropy_grad`, for an entropy bonus); see `response_logprobs`."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    # the logits at position p predict token p + 1
-    picked = logits.gather(1, (response_index - 1)[..., None].expand(-1, -1, logits.shape[-1])).float() / temperature
-    logprob = torch.log_softmax(picked, dim=-1).gather(-1, response_ids[..., None])[..., 0]
-    return logprob, entropy_from_logits(picked if entropy_grad else picked.detach())
+    return response_logprobs(logits, response_index, response_ids, temperature, entropy_grad)
 
 
 class PolicyTrainer:

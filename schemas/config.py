@@ -27,7 +27,7 @@ class RunSection(Section):
     id: str = Field(
         "tiny", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run id: names the run in the warehouse."
     )
-    seed: int = Field(0, ge=0, description="Seed of prompt choice, sampling, placebo masks and model init.")
+    seed: int = Field(0, ge=0, description="Seed of prompt choice, sampling, the placebo gram set and model init.")
     iterations: int = Field(3, ge=1, description="Number of RL iterations (rollout -> verify -> annotate -> update).")
     warehouse: str = Field(
         "warehouse-data", description="Warehouse root folder (relative paths are relative to the working directory)."
@@ -284,17 +284,22 @@ class AlgorithmSection(Section):
     advantage: str = Field(
         "hicra",
         description="Advantage estimator, a name registered in hicra.core_algos.ADVANTAGES (checked when a run "
-        "starts): `grpo`; `hicra` (paper); the paper's ablations `high_entropy` (top-entropy tokens instead of "
-        "planning tokens) and `placebo` (random n-grams).",
+        "starts): `grpo`; `hicra` (paper); the paper's ablations `high_entropy` (in each response, as many "
+        "top-entropy tokens as it has planning tokens) and `placebo` (a random gram set drawn from the run's first "
+        "responses, docs/algorithm.md); `high_entropy_gated` (verl-style: the batch's top `entropy_fraction` of "
+        "tokens by entropy).",
     )
     alpha: float = Field(0.2, ge=0, lt=1, description="HICRA amplification: A + alpha*|A| on the chosen tokens.")
     adv_norm: Literal["mean", "mean_std", "none"] = Field(
         "mean", description="Group normalisation: `mean` (paper), `mean_std` (divide by std), `none`."
     )
     entropy_fraction: float = Field(
-        0.3, gt=0, le=1, description="`high_entropy`: share of the batch's response tokens (highest entropy) amplified."
+        0.3,
+        gt=0,
+        le=1,
+        description="`high_entropy_gated`: share of the batch's response tokens (highest entropy) amplified; also the "
+        "top-entropy share of the fork-overlap metrics.",
     )
-    placebo_ngram: int = Field(3, ge=1, description="`placebo`: length in tokens of each random n-gram.")
     dynamic_sampling: bool = Field(
         False, description="DAPO dynamic sampling: drop groups whose rewards are all equal before the update."
     )

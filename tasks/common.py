@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import atexit
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from traceback import format_exc
@@ -12,6 +13,7 @@ from traceback import format_exc
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hicra.cache import default_cache_dir
 from hicra.core_algos import ADVANTAGES
@@ -21,6 +23,23 @@ from schemas.config import GPU_TAG, NOT_HASHED, ConfigError, RunConfig
 from warehouse.store import AlreadyCommitted, Busy, Warehouse
 
 console = Console(highlight=False)
+
+
+@contextmanager
+def progress_bar(description: str, total: int, unit: str) -> Iterator[Callable[..., None]]:
+    """A transient progress bar on the console for a long stage (drawn only on a terminal, gone when done); yields
+    `advance(done, note="")`: `done` of `total` `unit` so far, and a note such as the tokens generated."""
+    columns = (
+        TextColumn("  {task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(), TextColumn(unit),
+        TextColumn("{task.fields[note]}"), TimeElapsedColumn(),
+    )  # fmt: skip
+    with Progress(*columns, console=console, transient=True) as bar:
+        job = bar.add_task(description, total=total, note="")
+
+        def advance(done: int, note: str = "") -> None:
+            bar.update(job, completed=done, note=note)
+
+        yield advance
 
 
 class RunConfigMismatch(RuntimeError):

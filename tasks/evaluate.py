@@ -11,7 +11,7 @@ import hashlib
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cache, partial
 from pathlib import Path
 from typing import Literal
@@ -20,7 +20,6 @@ import yaml
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from hicra.data import Fields
 from hicra.evaluate import (
@@ -33,9 +32,12 @@ from hicra.evaluate import (
     suite_settings,
 )
 from hicra.generate import HFGenerator
-from schemas.config import GPU_TAG, EvalProtocol, RunConfig
-from schemas.tables import EvalResultRow, to_table
-from tasks.common import console, local_checkpoint, open_warehouse, run_unless_committed, shared_verifier
+from hicra.grams import GramMatcher
+from hicra.metrics import semantic_entropy
+from schemas.config import GPU_TAG, EvalProtocol, PlanningSection, RunConfig
+from schemas.tables import EvalResultRow, MetricRow, to_table
+from tasks.common import console, local_checkpoint, open_warehouse, progress_bar, run_unless_committed, shared_verifier
+from tasks.mining import planning_grams, planning_strategies
 from warehouse.catalog import query
 from warehouse.store import Warehouse
 
@@ -51,6 +53,7 @@ class Checkpoint:
     iteration: int
     path: str  # relative to the warehouse root for a run's checkpoint (as in `checkpoints.hf_path`), else absolute
     max_new_tokens: int  # the response limit when the protocol sets none: the run's rollout.max_new_tokens
+    planning: PlanningSection = field(default_factory=PlanningSection)  # the run's gram set (a model folder: paper's)
 
     @property
     def id(self) -> str:
@@ -71,7 +74,7 @@ def run_checkpoint(store: Warehouse, run_id: str, iteration: int | Literal["late
         raise FileNotFoundError(f"run {run_id!r} has no frozen config in {store.url}")
     config = RunConfig.model_validate(yaml.safe_load(frozen[0]))
     path = store.relative(f"{store.checkpoint_dir(run_id, iteration)}/hf")
-    return Checkpoint(run_id, iteration, path, config.rollout.max_new_tokens)
+    return Checkpoint(run_id, iteration, path, config.rollout.max_new_tokens, config.planning)
 
 
 def model_checkpoint(model_dir: str) -> Checkpoint:
@@ -161,10 +164,6 @@ def pending_eval_stages(config: RunConfig, iteration: int) -> list[str]:
     return [stage for stage in stages if not store.is_committed(config.run.id, iteration, stage)]
 
 
-def _advance(bar: Progress, job: TaskID, done: int) -> None:
-    bar.update(job, completed=done)
-
-
 def _evaluate_suite(
     store: Warehouse,
     checkpoint: Checkpoint,
@@ -177,17 +176,25 @@ def _evaluate_suite(
 ) -> str:
     """Evaluate one checkpoint on one suite and commit the results; returns a one-line report."""
     verifier = shared_verifier(verifier_workers, verifier_timeout_s, settings.extractors)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        job = bar.add_task(f"{checkpoint.id} {suite.name}", total=len(suite.problems) * settings.samples)
-        progress = partial(_advance, bar, job)
+    total = len(suite.problems) * settings.samples
+    with progress_bar(f"{checkpoint.id} {suite.name}", total, "samples") as advance:
+
+        def progress(done: int, tokens: int) -> None:
+            advance(done, f"{tokens} tokens")
+
         samples = evaluate_suite(generator(), verifier, suite, settings, checkpoint.id, batch_size, progress)
     digest = settings.digest()
+    stage = eval_stage(suite.name, digest)
     table = to_table(EvalResultRow, _rows(checkpoint, digest, samples, suite.name))
-    info = {"checkpoint_path": checkpoint.path, "protocol": asdict(settings)}
-    store.commit_stage(
-        checkpoint.run_id, checkpoint.iteration, eval_stage(suite.name, digest), {"eval_results": table}, info
+    matcher = GramMatcher(planning_grams(checkpoint.planning, store))
+    spans = [[(m.start, m.end, m.gram) for m in matcher.find(s.generation.text)] for s in samples]
+    entropy = semantic_entropy(spans, planning_strategies(checkpoint.planning, store))
+    metric = MetricRow(
+        run_id=checkpoint.run_id, iteration=checkpoint.iteration, stage=stage, name="semantic_entropy", value=entropy
     )
+    info = {"checkpoint_path": checkpoint.path, "protocol": asdict(settings)}
+    tables = {"eval_results": table, "metrics": to_table(MetricRow, [metric])}
+    store.commit_stage(checkpoint.run_id, checkpoint.iteration, stage, tables, info)
     _warn_if_mostly_not_ok(samples, f"{checkpoint.id} on {suite.name}")
     accuracy = sum(s.result.reward for s in samples) / len(samples)
     return f"avg@{settings.samples} {accuracy:.3f}, {len(samples)} samples"

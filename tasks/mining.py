@@ -18,9 +18,10 @@ from prefect.cache_policies import NO_CACHE
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from hicra.generate import derive_seed
 from hicra.grams import load_grams
-from hicra.mining import MinedSet, mine_strategic_grams
-from schemas.config import PlanningSection
+from hicra.mining import NO_CLUSTER, MinedSet, mine_strategic_grams, placebo_grams
+from schemas.config import PlanningSection, RunConfig
 from schemas.tables import StrategicGramRow, to_table
 from tasks.common import console
 from warehouse.catalog import query
@@ -134,7 +135,12 @@ def store_grams(warehouse: str, mined: MinedSet, corpus: str) -> bool:
 
 
 def stored_grams(store: Warehouse, version: str) -> list[str]:
-    """The grams of a mined set stored in the warehouse, in mined order."""
+    """The grams of a set stored in the warehouse, in stored order."""
+    return list(stored_clusters(store, version))
+
+
+def stored_clusters(store: Warehouse, version: str) -> dict[str, int]:
+    """Gram -> cluster of a set stored in the warehouse, in stored order (`NO_CLUSTER` for a placebo set's)."""
     commit = store.read_commit(SGS_RUN_ID, SGS_ITERATION, version)
     if commit is None:
         raise FileNotFoundError(
@@ -142,11 +148,8 @@ def stored_grams(store: Warehouse, version: str) -> list[str]:
             f'(list them: hicra sql "select distinct version from strategic_grams")'
         )
     files = [store.path(f["path"]) for f in commit.files if f["table"] == TABLE]
-    return [
-        gram
-        for path in files
-        for gram in pq.read_table(path, columns=["gram"], filesystem=store.fs).column("gram").to_pylist()
-    ]
+    tables = [pq.read_table(path, columns=["gram", "cluster"], filesystem=store.fs).to_pydict() for path in files]
+    return {g: c for t in tables for g, c in zip(t["gram"], t["cluster"], strict=True)}
 
 
 def planning_grams(planning: PlanningSection, store: Warehouse) -> list[str]:
@@ -154,6 +157,30 @@ def planning_grams(planning: PlanningSection, store: Warehouse) -> list[str]:
     if planning.grams_version:
         return stored_grams(store, planning.grams_version)
     return load_grams(Path(planning.grams) if planning.grams else None)
+
+
+def planning_strategies(planning: PlanningSection, store: Warehouse) -> dict[str, int] | None:
+    """Gram -> strategy (its cluster) of the configured set where it has clusters (a mined set), else None."""
+    if not planning.grams_version:
+        return None
+    clusters = stored_clusters(store, planning.grams_version)
+    return clusters if any(c != NO_CLUSTER for c in clusters.values()) else None
+
+
+def run_placebo_grams(store: Warehouse, config: RunConfig) -> list[str]:
+    """The run's placebo gram set (`algorithm.advantage: placebo`), drawn from its iteration-0 responses and stored.
+
+    Corpus: every response of the run's first iteration (all of them: early on few are correct). They are the
+    policy's own text, so placebo n-grams occur in its later responses as its phrases do, and they exist in every
+    run (training sets often carry no solutions); committed rollouts never change, so every iteration and every
+    resumed attempt draws the same set (seeded by run id and seed), which is stored once like any gram set.
+    """
+    run = config.run
+    responses = store.read_table("rollouts", run.id, 0).column("response").to_pylist()
+    placebo = placebo_grams(planning_grams(config.planning, store), responses, derive_seed("placebo", run.id, run.seed))
+    if not store.is_committed(SGS_RUN_ID, SGS_ITERATION, placebo.version):
+        store_grams.fn(store.url, placebo, f"responses of run {run.id} iteration 0")
+    return placebo.grams
 
 
 def print_comparison(name: str, reference: str, report: dict[str, Any], examples: int = 15) -> None:

@@ -46,8 +46,8 @@ from schemas.tables import (
     TrainStepRow,
     to_table,
 )
-from tasks.common import console, local_checkpoint, policy_dir, shared_verifier, stage_task
-from tasks.mining import planning_grams
+from tasks.common import console, local_checkpoint, policy_dir, progress_bar, shared_verifier, stage_task
+from tasks.mining import planning_grams, planning_strategies, run_placebo_grams
 from warehouse.store import Warehouse
 
 
@@ -176,9 +176,14 @@ def _sample(
     prompt_ids = generator.encode_prompts(texts)
     jobs = [(g, s) for g in range(len(prompts)) for s in range(ro.group_size)]
     seeds = [derive_seed("sample", run.id, run.seed, iteration, prompts[g].id, s) for g, s in jobs]
-    outputs = generator.generate(
-        [prompt_ids[g] for g, _ in jobs], seeds, limit, ro.temperature, ro.top_p, ro.batch_size
-    )
+    with progress_bar(f"iteration {iteration} rollout", len(jobs), "responses") as advance:
+
+        def progress(done: int, tokens: int) -> None:
+            advance(done, f"{tokens} tokens")
+
+        outputs = generator.generate(
+            [prompt_ids[g] for g, _ in jobs], seeds, limit, ro.temperature, ro.top_p, ro.batch_size, progress
+        )
     return [
         RolloutRow(
             run_id=run.id,
@@ -231,9 +236,9 @@ def _score(config: RunConfig, iteration: int, rollouts: dict[str, list], max_len
     """The verifier's verdicts and shaped rewards of rollouts (columns rollout_id, response, reference and
     response_length)."""
     vc = config.verifier
-    results = shared_verifier(vc.workers, vc.timeout_s, tuple(vc.extractors)).score(
-        rollouts["response"], rollouts["reference"]
-    )
+    verifier = shared_verifier(vc.workers, vc.timeout_s, tuple(vc.extractors))
+    with progress_bar(f"iteration {iteration} verify", len(rollouts["response"]), "graded") as advance:
+        results = verifier.score(rollouts["response"], rollouts["reference"], advance)
     shaping = from_sections(RewardConfig, config.reward)
     return [
         ScoreRow(
@@ -258,27 +263,22 @@ def annotate_planning(store: Warehouse, config: RunConfig, iteration: int, base_
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     grams = planning_grams(config.planning, store)
     matcher, version = GramMatcher(grams), grams_version(grams)
-    eos = tokenizer.eos_token_id
-    rows = []
-    for rid, ids in zip(rollouts["rollout_id"], rollouts["response_token_ids"], strict=True):
-        text_ids = ids[:-1] if ids and ids[-1] == eos else ids
-        _, spans, mask = annotate(text_ids, tokenizer, matcher)
-        mask = list(mask) + [0] * (len(ids) - len(text_ids))
-        rows.append(
-            PlanningRow(
-                run_id=config.run.id,
-                iteration=iteration,
-                rollout_id=rid,
-                planning_mask=mask,
-                spans=[{"start": s.start, "end": s.end, "gram": s.gram} for s in spans],
-                num_planning_tokens=sum(mask),
-                grams_version=version,
-            )
+    rows = [
+        PlanningRow(
+            run_id=config.run.id,
+            iteration=iteration,
+            rollout_id=rid,
+            planning_mask=mask,
+            spans=[{"start": s.start, "end": s.end, "gram": s.gram} for s in spans],
+            num_planning_tokens=sum(mask),
+            grams_version=version,
         )
+        for rid, (spans, mask) in zip(rollouts["rollout_id"], _annotate_all(rollouts, tokenizer, matcher), strict=True)
+    ]
     texts = rollouts["response"]
     span_lists = [[(s["start"], s["end"], s["gram"]) for s in row.spans] for row in rows]
     metrics = {
-        "semantic_entropy": semantic_entropy([[g for _, _, g in spans] for spans in span_lists]),
+        "semantic_entropy": semantic_entropy(span_lists, planning_strategies(config.planning, store)),
         "conditional_entropy": conditional_entropy(texts, span_lists),
     }
     tables = {
@@ -288,6 +288,17 @@ def annotate_planning(store: Warehouse, config: RunConfig, iteration: int, base_
     store.commit_stage(config.run.id, iteration, "annotate", tables)
     share = sum(r.num_planning_tokens for r in rows) / max(1, sum(len(r.planning_mask) for r in rows))
     return f"planning-token share {share:.3f}"
+
+
+def _annotate_all(rollouts: dict, tokenizer, matcher: GramMatcher) -> list[tuple[list, list[int]]]:
+    """Each rollout's gram matches and 0/1 mask over its response tokens (a final eos is never marked)."""
+    eos = tokenizer.eos_token_id
+    out = []
+    for ids in rollouts["response_token_ids"]:
+        text_ids = ids[:-1] if ids and ids[-1] == eos else ids
+        _, spans, mask = annotate(text_ids, tokenizer, matcher)
+        out.append((spans, list(mask) + [0] * (len(ids) - len(text_ids))))
+    return out
 
 
 def _by_rollout(table: pa.Table, column: str) -> dict:
@@ -313,6 +324,12 @@ def update(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: 
     position = {**_data_position(config, sizes, iteration + 1), "consumed_prompt_ids": consumed}
     final = store.checkpoint_dir(run.id, iteration)
     nodes = config.trainer.nodes
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    strategic = [planning[r] for r in ids]
+    amplify = strategic  # the mask the estimator credits: planning tokens, or for `placebo` the placebo set's matches
+    if algo.advantage == "placebo":
+        placebo = GramMatcher(run_placebo_grams(store, config))
+        amplify = [mask for _, mask in _annotate_all(rollouts, tokenizer, placebo)]
     with _update_staging(store, config, iteration) as staging:
         request = UpdateRequest(
             base_model_dir=base_model_dir,
@@ -320,14 +337,12 @@ def update(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: 
             save_to=str(staging / "checkpoint"),
             prompt_ids=rollouts["prompt_token_ids"],
             response_ids=rollouts["response_token_ids"],
-            planning=[planning[r] for r in ids],
+            planning=amplify,
             rewards=[reward[r] for r in ids],
             group_index=rollouts["group_index"],
-            pad_id=AutoTokenizer.from_pretrained(base_model_dir).pad_token_id or 0,
+            pad_id=tokenizer.pad_token_id or 0,
             advantage=algo.advantage,
-            advantage_config=from_sections(
-                AdvantageConfig, algo, seed=derive_seed("placebo", run.id, run.seed, iteration)
-            ),
+            advantage_config=from_sections(AdvantageConfig, algo),
             trainer=_update_config(config, iteration),
             dynamic_sampling=algo.dynamic_sampling,
             max_groups=config.rollout.prompts_per_iteration if algo.dynamic_sampling_rounds > 1 else None,
@@ -360,9 +375,12 @@ def update(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: 
         )
         for k, (rid, n) in enumerate(zip(ids, lengths, strict=True))
     ]
+    planning_mask = torch.zeros_like(result.response_mask)  # the Strategic Gram tokens, whatever was amplified
+    for row, mask in enumerate(strategic):
+        planning_mask[row, : len(mask)] = torch.tensor(mask, dtype=planning_mask.dtype)
     metrics = {
-        **token_class_stats(result.entropy, result.old_logprob, result.planning_mask, result.response_mask),
-        **fork_overlap(result.entropy, result.planning_mask, result.response_mask, algo.entropy_fraction),
+        **token_class_stats(result.entropy, result.old_logprob, planning_mask, result.response_mask),
+        **fork_overlap(result.entropy, planning_mask, result.response_mask, algo.entropy_fraction),
         "dropped_groups": float(len(set(group_index[~result.keep].tolist()))),
     }
     checkpoint = CheckpointRow(

@@ -1,19 +1,73 @@
-"""Read an iteration's summary row back from the warehouse (what the CLI prints and Prefect records)."""
+"""An iteration's summary row read back from the warehouse, and how the command line shows it: one line per
+iteration while a run trains, the whole table when it ends (both fit 80 columns)."""
 
 from __future__ import annotations
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from rich import box
+from rich.table import Table
 
 from schemas.config import RunConfig
 from warehouse.catalog import query
 
+SUMMARY_COLUMNS = {
+    "reward": ("reward", "{:.3f}"),
+    "accuracy": ("accuracy", "{:.3f}"),
+    "pass_at_group": ("pass@G", "{:.3f}"),
+    "mean_response_length": ("length", "{:.1f}"),
+    "planning_token_share": ("planning", "{:.3f}"),
+    "zero_adv_group_share": ("zero-adv", "{:.3f}"),
+    "loss": ("loss", "{:+.4f}"),
+}
+"""`iteration_summary` columns the console shows: (label, format). `zero-adv`: the share of groups whose rewards
+are all equal (no gradient signal)."""
+LINE_COLUMNS = {"reward": ("reward", "{:.3f}"), "accuracy": ("acc", "{:.3f}"), "pass_at_group": ("pass@G", "{:.2f}"),
+                "mean_response_length": ("len", "{:.0f}"), "planning_token_share": ("plan", "{:.3f}"),
+                "loss": ("loss", "{:+.4f}")}  # fmt: skip
+"""The per-iteration line's columns: short labels and formats, so that a line fits 80 columns."""
+
 
 @task(name="summarize", task_run_name="{config.run.id}-i{iteration}-summary", cache_policy=NO_CACHE)
 def summarize(config: RunConfig, iteration: int) -> dict:
-    """The `iteration_summary` row of one iteration, as a dict."""
-    rows = query(
-        config.run.warehouse,
-        f"SELECT * FROM iteration_summary WHERE run_id = '{config.run.id}' AND iteration = {int(iteration)}",
+    """The `iteration_summary` row of one iteration, as a dict, with the semantic entropy of each suite evaluated on
+    its checkpoint (`semantic_entropy_eval_<suite>`, from `eval_summary`; the last protocol's where there are several).
+    """
+    where = f"WHERE run_id = '{config.run.id}' AND iteration = {int(iteration)}"
+    rows = query(config.run.warehouse, f"SELECT * FROM iteration_summary {where}").to_pylist()
+    if not rows:
+        return {}
+    evals = query(
+        config.run.warehouse, f"SELECT suite, semantic_entropy FROM eval_summary {where} ORDER BY protocol_hash"
     ).to_pylist()
-    return rows[0] if rows else {}
+    return rows[0] | {f"semantic_entropy_eval_{e['suite']}": e["semantic_entropy"] for e in evals}
+
+
+def _cell(row: dict, key: str, fmt: str) -> str:
+    value = row.get(key)
+    return "-" if value is None else fmt.format(value)
+
+
+def duration(seconds: float) -> str:
+    """At most 5 characters: `59s`, `17m`, `2.8h`."""
+    if seconds < 1000:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f}m" if seconds < 6000 else f"{seconds / 3600:.1f}h"
+
+
+def iteration_line(row: dict, seconds: float) -> str:
+    """One iteration's summary on one line that fits 80 columns (up to iteration 999 and 99999-token responses):
+    `#3 reward 0.250 acc 0.250 pass@G 0.50 len 41 plan 0.083 loss -0.0081 12s`; NULL (no update yet) is `-`."""
+    cells = " ".join(f"{label} {_cell(row, key, fmt)}" for key, (label, fmt) in LINE_COLUMNS.items())
+    return f"#{row.get('iteration')} {cells} {duration(seconds)}"
+
+
+def summary_table(rows: list[dict]) -> Table:
+    """Every iteration's summary (SUMMARY_COLUMNS), 74 characters wide with fixed formats: nothing is cut at 80."""
+    table = Table(title="per-iteration summary", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("iteration", justify="right", no_wrap=True)
+    for label, _ in SUMMARY_COLUMNS.values():
+        table.add_column(label, justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(str(row.get("iteration")), *(_cell(row, key, fmt) for key, (_, fmt) in SUMMARY_COLUMNS.items()))
+    return table

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import get_args
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {"schemas": 0, "hicra": 1, "warehouse": 1, "tasks": 2, "flows": 3, "cli": 4}
@@ -174,3 +175,11 @@ def test_building_the_command_line_imports_neither_prefect_nor_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_every_stage_has_its_task_in_the_one_order():
+    from flows.stage import STAGE_TASKS
+    from schemas.config import STAGES, Stage
+
+    assert STAGES == ("rollout", "verify", "annotate", "update") and (*STAGES, "eval") == get_args(Stage)
+    assert tuple(STAGE_TASKS) == STAGES

@@ -20,10 +20,10 @@ from hicra.core_algos import (
     group_advantage,
     kl_penalty,
     mixed_groups,
-    random_ngram_mask,
     top_entropy_mask,
+    top_entropy_per_response,
 )
-from hicra.trainer import Rollouts, token_logprobs
+from hicra.trainer import Rollouts, response_logprobs, token_logprobs
 
 REWARDS = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0])
 GROUPS = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2])
@@ -52,7 +52,7 @@ def test_hicra_by_hand_changes_planning_tokens_only():
 
 
 def test_registry_knows_every_estimator():
-    assert set(ADVANTAGES) == {"grpo", "hicra", "high_entropy", "placebo"}
+    assert set(ADVANTAGES) == {"grpo", "hicra", "high_entropy", "high_entropy_gated", "placebo"}
     with pytest.raises(KeyError, match="unknown advantage"):
         get_advantage_fn("ppo")
 
@@ -98,39 +98,59 @@ def test_hicra_identities(batch):
     assert not ADVANTAGES["hicra"](same, groups, response, planning, entropy, AdvantageConfig(alpha=alpha))[0].any()
 
 
-def test_high_entropy_takes_the_batch_top_fraction():
+def test_high_entropy_gated_takes_the_batch_top_fraction():
     entropy = torch.tensor([[0.1, 0.9, 0.5, 9.0], [0.8, 0.2, 0.7, 0.3]])
     response = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.float32)  # 9.0 is padding: never chosen
     mask = top_entropy_mask(entropy, response, 0.3)  # ceil(0.3 * 7) = 3 tokens: 0.9, 0.8, 0.7
     assert mask.tolist() == [[0, 1, 0, 0], [1, 0, 1, 0]]
     rewards, groups = torch.tensor([1.0, 0.0]), torch.tensor([0, 0])
-    adv, amplified = ADVANTAGES["high_entropy"](
+    adv, amplified = ADVANTAGES["high_entropy_gated"](
         rewards, groups, response, torch.zeros_like(response), entropy, AdvantageConfig(entropy_fraction=0.3)
     )
     assert amplified.tolist() == mask.tolist()
     assert adv[0, 1] == pytest.approx(0.6) and adv[1, 0] == pytest.approx(-0.4) and adv[0, 0] == pytest.approx(0.5)
 
 
+def test_high_entropy_has_hicras_budget_per_response_by_hand():
+    entropy = torch.tensor([[0.1, 0.9, 0.5, 9.0], [0.8, 0.2, 0.7, 0.3], [0.4, 0.4, 0.4, 0.1]])
+    response = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]], dtype=torch.float32)
+    planning = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 1], [0, 1, 1, 0]], dtype=torch.float32)  # 2, 1, 2 tokens
+    # row 0: 0.9, 0.5 (9.0 is padding); row 1: 0.8; row 2: a three-way tie at 0.4, the earlier two win
+    expected = [[0, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 0]]
+    assert top_entropy_per_response(entropy, response, torch.tensor([2, 1, 2])).tolist() == expected
+    rewards, groups = torch.tensor([1.0, 0.0, 0.5]), torch.tensor([0, 0, 0])
+    adv, amplified = ADVANTAGES["high_entropy"](rewards, groups, response, planning, entropy, AdvantageConfig())
+    assert amplified.tolist() == expected
+    assert amplified.sum(-1).tolist() == (planning * response).sum(-1).tolist()  # HICRA's budget
+    assert adv[0].tolist() == pytest.approx([0.5, 0.6, 0.6, 0.0])
+    assert adv[1].tolist() == pytest.approx([-0.4, -0.5, -0.5, -0.5])
+    assert adv[2].tolist() == pytest.approx([0.0] * 4)
+
+
 @settings(max_examples=100, deadline=None)
-@given(st.integers(1, 6), st.integers(1, 40), st.integers(0, 2**31), st.integers(1, 5))
-def test_placebo_mask_matches_planning_counts(rows, width, seed, n):
-    generator = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, width + 1, (rows,), generator=generator)
-    response = (torch.arange(width)[None, :] < lengths[:, None]).float()
-    counts = (torch.rand(rows, generator=generator) * (lengths + 1)).long().clamp(max=lengths)
-    mask = random_ngram_mask(response, counts, n, seed)
-    assert mask.sum(-1).long().tolist() == counts.tolist()
-    assert not (mask * (1 - response)).any()
-    assert torch.equal(mask, random_ngram_mask(response, counts, n, seed))
+@given(batches())
+def test_high_entropy_budget_is_the_planning_count(batch):
+    rewards, groups, response, planning, alpha = batch
+    entropy = torch.rand(response.shape, generator=torch.Generator().manual_seed(int(response.sum())))
+    _, amplified = ADVANTAGES["high_entropy"](
+        rewards, groups, response, planning, entropy, AdvantageConfig(alpha=alpha)
+    )
+    assert amplified.sum(-1).tolist() == (planning * response).sum(-1).tolist()
+    assert not (amplified * (1 - response)).any()
+    # every chosen token has at least the entropy of every response token not chosen in its row
+    low = entropy.masked_fill(amplified == 0, float("inf")).min(-1).values
+    high = entropy.masked_fill((amplified > 0) | (response == 0), float("-inf")).max(-1).values
+    assert (low >= high).all()
 
 
-def test_placebo_is_seeded_and_made_of_ngrams():
-    response = torch.ones(1, 60)
-    counts = torch.tensor([12])
-    a, b = random_ngram_mask(response, counts, 3, 1), random_ngram_mask(response, counts, 3, 2)
-    assert not torch.equal(a, b)
-    runs = "".join(str(int(v)) for v in a[0]).split("0")
-    assert all(len(r) % 3 == 0 or i in (0, len(runs) - 1) for i, r in enumerate(runs) if r)
+def test_placebo_is_hicras_formula_on_the_given_mask():
+    rewards, groups = torch.tensor([1.0, 0.0]), torch.tensor([0, 0])
+    response = torch.ones(2, 5)
+    placebo = torch.tensor([[0, 1, 1, 0, 0], [1, 0, 0, 0, 1]], dtype=torch.float32)
+    entropy = torch.rand(2, 5)
+    got = ADVANTAGES["placebo"](rewards, groups, response, placebo, entropy, AdvantageConfig())
+    want = ADVANTAGES["hicra"](rewards, groups, response, placebo, entropy, AdvantageConfig())
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 def test_mixed_groups():
@@ -231,3 +251,57 @@ def test_amplify_is_out_of_place():
     adv = torch.tensor([[1.0, -1.0]])
     out = amplify(adv, torch.tensor([[1.0, 1.0]]), 0.2)
     assert adv.tolist() == [[1.0, -1.0]] and torch.allclose(out, torch.tensor([[1.2, -0.8]]))
+
+
+def _naive_logprobs(logits, response_index, response_ids, temperature):
+    """The straightforward reference: every position's full log-softmax (what the update computed before issue 14)."""
+    picked = logits.gather(1, (response_index - 1)[..., None].expand(-1, -1, logits.shape[-1])).float() / temperature
+    logp = torch.log_softmax(picked, dim=-1)
+    return logp.gather(-1, response_ids[..., None])[..., 0], -(logp.exp() * logp).sum(-1)
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 3, 1000])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_response_logprobs_equal_the_naive_values_and_gradients(chunk_tokens, temperature):
+    generator = torch.Generator().manual_seed(chunk_tokens)
+    vocab = 11
+    logits = (torch.randn(3, 7, vocab, generator=generator) * 3).requires_grad_()
+    # row 2 is padded: its last positions repeat the last real one, as Rollouts clamps them (duplicate positions)
+    response_index = torch.tensor([[3, 4, 5, 6], [1, 2, 3, 4], [5, 6, 6, 6]])
+    response_ids = torch.randint(0, vocab, (3, 4), generator=generator)
+    weights = torch.randn(2, 3, 4, generator=generator)
+
+    def value_and_grad(fn, **kwargs):
+        logits.grad = None
+        logprob, entropy = fn(logits, response_index, response_ids, temperature, **kwargs)
+        ((logprob * weights[0]).sum() + (entropy * weights[1]).sum()).backward()
+        return logprob.detach(), entropy.detach(), logits.grad.clone()
+
+    want = value_and_grad(_naive_logprobs)
+    got = value_and_grad(response_logprobs, entropy_grad=True, chunk_bytes=4 * vocab * chunk_tokens)
+    for a, b in zip(got, want, strict=True):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    # without entropy_grad the entropy is a constant: the gradient is the log-prob's alone
+    logits.grad = None
+    logprob, entropy = response_logprobs(logits, response_index, response_ids, temperature)
+    assert not entropy.requires_grad
+    (logprob * weights[0]).sum().backward()
+    reference = logits.detach().clone().requires_grad_()
+    (_naive_logprobs(reference, response_index, response_ids, temperature)[0] * weights[0]).sum().backward()
+    assert torch.allclose(logits.grad, reference.grad, atol=1e-6)
+
+
+def test_response_logprobs_of_bf16_logits_match_fp32_math():
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 6, 300, generator=generator).to(torch.bfloat16).requires_grad_()
+    response_index = torch.tensor([[1, 2, 3], [3, 4, 5]])
+    response_ids = torch.randint(0, 300, (2, 3), generator=generator)
+    logprob, entropy = response_logprobs(logits, response_index, response_ids, 1.0, entropy_grad=True, chunk_bytes=1)
+    assert logprob.dtype == torch.float32 and entropy.dtype == torch.float32
+    want_lp, want_ent = _naive_logprobs(logits.detach().float(), response_index, response_ids, 1.0)
+    assert torch.allclose(logprob, want_lp, atol=1e-5) and torch.allclose(entropy, want_ent, atol=1e-5)
+    (logprob.sum() + entropy.sum()).backward()
+    assert logits.grad.dtype == torch.bfloat16
+    reference = logits.detach().float().requires_grad_()
+    sum(_naive_logprobs(reference, response_index, response_ids, 1.0)).sum().backward()
+    assert torch.allclose(logits.grad.float(), reference.grad, atol=1e-2)

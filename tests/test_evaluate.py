@@ -15,7 +15,8 @@ import yaml
 from cli.main import main as hicra_main
 from hicra.data import DataError, Fields
 from hicra.evaluate import load_suite, suite_settings
-from hicra.metrics import pass_at_k
+from hicra.grams import GramMatcher, load_grams
+from hicra.metrics import pass_at_k, semantic_entropy
 from schemas.config import EvalProtocol
 from schemas.tables import EvalResultRow, to_table
 from warehouse.catalog import query
@@ -50,8 +51,12 @@ def test_hicra_eval_writes_results_and_summary_once(warehouse_copy, capsys):
     ]
     summary = query(warehouse_copy, "from eval_summary order by suite").to_pylist()
     assert [(r["suite"], r["problems"], r["k"]) for r in summary] == [("gsm8k", 3, 2), ("synthetic", 3, 2)]
+    matcher = GramMatcher(load_grams())  # the run's gram set: the paper's list
     for row in summary:
         assert 0 <= row["avg_at_k"] <= row["pass_at_k"] <= 1 and row["mean_response_length"] > 0
+        texts = query(warehouse_copy, f"select response from eval_results where suite = '{row['suite']}'")
+        spans = [[(m.start, m.end, m.gram) for m in matcher.find(t)] for t in texts.column(0).to_pylist()]
+        assert row["semantic_entropy"] == pytest.approx(semantic_entropy(spans))  # on the evaluation's answers
     pass_at_1 = query(warehouse_copy, "select suite, pass_at_k from eval_pass_at_k where k = 1 order by suite")
     assert [r["pass_at_k"] for r in pass_at_1.to_pylist()] == pytest.approx([r["avg_at_k"] for r in summary])
     commits = eval_commits(warehouse_copy)

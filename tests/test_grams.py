@@ -459,3 +459,59 @@ def test_mask_matches_definition(name: str, text: str):
     decoded, spans, mask = annotate(ids, tokenizer, MATCHER)
     assert spans == MATCHER.find(decoded)
     assert mask == naive_mask(token_char_spans(ids, tokenizer), spans)
+
+
+PLACEBO_CORPUS = [
+    "First, we need to add the apples and the pears. Then we count the boxes on the table.",
+    "Let me check: the red boxes hold seven apples each, so the total is large.",
+    "We need to find how many pears the farmer sold on the market before noon.",
+    "Alternatively the farmer counts the apples in each crate and writes the number down.",
+]
+
+
+def test_placebo_has_the_sets_size_and_length_distribution_and_no_planning_phrase():
+    from hicra.mining import NO_CLUSTER, gram_words, placebo_grams, word_ngrams
+
+    strategic = ["we need to", "let me check", "first", "alternatively", "then", "the total is", "so the"]
+    placebo = placebo_grams(strategic, PLACEBO_CORPUS, seed=3)
+    assert len(placebo.grams) == len(strategic)
+    assert sorted(map(gram_words, placebo.grams)) == sorted(map(gram_words, strategic))  # 1: 3, 2: 1, 3: 3
+    ngrams = set().union(*(word_ngrams(text, 1, 3) for text in PLACEBO_CORPUS))
+    matcher = GramMatcher(strategic)
+    for gram in placebo.grams:
+        assert gram in ngrams  # drawn from the corpus
+        assert not matcher.find(gram), gram  # neither a Strategic Gram nor holding one
+        assert placebo.doc_freq[gram] == sum(gram in word_ngrams(t, 1, 3) for t in PLACEBO_CORPUS)
+    assert set(placebo.cluster.values()) == {NO_CLUSTER}
+    assert placebo.params["of"] == grams_version(strategic) and placebo.version == grams_version(placebo.grams)
+    # matched by the same annotator as the Strategic Grams: every placebo gram is found in the corpus
+    found = {s.gram for text in PLACEBO_CORPUS for s in GramMatcher(placebo.grams).find(text)}
+    assert found == set(placebo.grams)
+    # seeded
+    assert placebo_grams(strategic, PLACEBO_CORPUS, seed=3).grams == placebo.grams
+    assert placebo_grams(strategic, PLACEBO_CORPUS, seed=4).grams != placebo.grams
+
+
+def test_placebo_refuses_a_corpus_too_small():
+    from hicra.mining import placebo_grams
+
+    with pytest.raises(ValueError, match="3 grams of 2 words but the corpus .* only 1 other distinct 2-word"):
+        placebo_grams(["a b", "c d", "e f"], ["one two"], seed=0)
+    with pytest.raises(ValueError, match="empty"):
+        placebo_grams([], PLACEBO_CORPUS, seed=0)
+
+
+def test_placebo_set_is_stored_like_any_gram_set(tmp_path):
+    from hicra.mining import NO_CLUSTER, placebo_grams
+    from tasks.mining import store_grams, stored_clusters, stored_grams
+    from warehouse.catalog import query
+    from warehouse.store import Warehouse
+
+    placebo = placebo_grams(["we need to", "first", "the total is"], PLACEBO_CORPUS, seed=0)
+    assert store_grams.fn(str(tmp_path), placebo, "test corpus")
+    assert not store_grams.fn(str(tmp_path), placebo, "test corpus")  # versioned: stored once
+    store = Warehouse(tmp_path)
+    assert stored_grams(store, placebo.version) == placebo.grams
+    assert stored_clusters(store, placebo.version) == dict.fromkeys(placebo.grams, NO_CLUSTER)
+    row = query(tmp_path, f"select * from strategic_grams where version = '{placebo.version}' limit 1").to_pylist()[0]
+    assert json.loads(row["params"])["kind"] == "placebo" and row["corpus"] == "test corpus"

@@ -18,6 +18,7 @@ from moto.server import ThreadedMotoServer
 
 from cli.main import main as hicra
 from hicra.cache import default_cache_dir
+from schemas.config import STAGES
 from schemas.tables import RolloutRow, ScoreRow, to_table
 from tests.conftest import free_port, small_config
 from tests.test_warehouse import rollout, score
@@ -136,13 +137,13 @@ def test_training_on_s3_resumes_and_loads_checkpoints_from_it(s3, prefect_server
         before = store.commits()
         assert hicra(train) == 0
         out = capsys.readouterr().out
-        for stage in ("rollout", "verify", "annotate", "update"):
+        for stage in STAGES:
             assert f"iteration 0 {stage}: committed, skipped" in out
         assert store.commits() == before
 
         assert hicra([*train, "--iterations", "2"]) == 0
         done = {(c.iteration, c.stage) for c in store.commits()}
-        assert {(1, s) for s in ("rollout", "verify", "annotate", "update")} <= done
+        assert {(1, s) for s in STAGES} <= done
         (copy,) = cache.glob("iteration=0-*")  # iteration 0's export and DeepSpeed state, downloaded once
         assert (copy / "hf" / "config.json").is_file() and any((copy / "deepspeed").rglob("*"))
         policy = query(url, "SELECT DISTINCT policy_iteration FROM rollouts WHERE iteration = 1").column(0).to_pylist()

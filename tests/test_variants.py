@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
 from flows.train import train
+from hicra.grams import load_grams, normalise_gram
 from tests.conftest import small_config
 from warehouse.catalog import query
 
@@ -46,3 +49,24 @@ def test_variant_runs_and_reports_metrics(variant, tmp_path, prefect_server):
         assert (
             query(tmp_path / "wh", "select count(*) n from train_steps where ref_kl is null").to_pylist()[0]["n"] == 0
         )
+    if variant == "placebo":  # the placebo set: stored, the planning set's size, its matches are what was amplified
+        wh = tmp_path / "wh"
+        sets = query(wh, "select version, count(*) n, any_value(params) params from strategic_grams group by 1")
+        (placebo,) = sets.to_pylist()
+        assert (
+            placebo["n"] == len({normalise_gram(g) for g in load_grams()})
+            and json.loads(placebo["params"])["kind"] == "placebo"
+        )
+        same = query(
+            wh,
+            "select bool_and(a.amplified_mask::INT[] = p.planning_mask::INT[]) same from advantages a "
+            "join planning p using (run_id, iteration, rollout_id)",
+        ).to_pylist()[0]["same"]
+        assert not same  # the placebo's tokens, not the Strategic Grams'
+    if variant == "high_entropy":  # HICRA's budget: each response amplifies as many tokens as it has planning tokens
+        budgets = query(
+            tmp_path / "wh",
+            "select list_sum(a.amplified_mask) a, p.num_planning_tokens p from advantages a "
+            "join planning p using (run_id, iteration, rollout_id)",
+        ).to_pylist()
+        assert all(b["a"] == b["p"] for b in budgets)

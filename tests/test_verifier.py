@@ -446,3 +446,10 @@ def test_close():
     verifier.close()
     with pytest.raises(RuntimeError, match="closed"):
         verifier.score([r"\boxed{1}"], ["1"])
+
+
+def test_progress_hears_every_graded_item():
+    calls: list[int] = []
+    with Verifier(workers=1, timeout_s=5.0) as verifier:
+        results = verifier.score([r"\boxed{1}", r"\boxed{2}", "none"], ["1", "1", "1"], calls.append)
+    assert [r.reward for r in results] == [1.0, 0.0, 0.0] and calls == [1, 2, 3]

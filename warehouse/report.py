@@ -71,7 +71,8 @@ def render(plot: Plot, rows: list[dict], dpi: int = 80) -> bytes:
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6, 3.2), dpi=dpi)
-    figure.subplots_adjust(left=0.13, right=0.97, top=0.9, bottom=0.15)  # fixed margins: a layout engine costs 2x
+    # fixed margins: faster than a layout engine (bench/report.py)
+    figure.subplots_adjust(left=0.13, right=0.97, top=0.9, bottom=0.15)
     axes = figure.add_subplot()
     axes.xaxis.get_major_locator().set_params(integer=True)
     points = {label: _points(rows, column) for column, label in plot.series.items()}

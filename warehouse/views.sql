@@ -111,7 +111,7 @@ WITH r AS (
            any_value(value) FILTER (WHERE name = 'planning_in_top_entropy') AS planning_in_top_entropy,
            any_value(value) FILTER (WHERE name = 'top_entropy_in_planning') AS top_entropy_in_planning,
            any_value(value) FILTER (WHERE name = 'dropped_groups') AS dropped_groups
-    FROM metrics GROUP BY ALL
+    FROM metrics WHERE stage NOT LIKE 'eval-%' GROUP BY ALL  -- training stages; an evaluation's are in eval_summary
 ), m0 AS (  -- each run's first iteration with perplexities: the denominator of relative perplexity
     SELECT run_id, arg_min(nll_planning, iteration) AS nll_planning0, arg_min(nll_execution, iteration) AS nll_execution0
     FROM m WHERE nll_planning IS NOT NULL GROUP BY ALL
@@ -167,7 +167,8 @@ FROM per_problem GROUP BY ALL
 ORDER BY run_id, iteration, suite, protocol_hash, k;
 
 -- One row per (run, checkpoint, suite, protocol): avg@k (the paper's Pass@1: the mean reward over all k samples of
--- every problem), pass@k at k = the samples per problem (unbiased estimator), mean response length in tokens.
+-- every problem), pass@k at k = the samples per problem (unbiased estimator), mean response length in tokens, and the
+-- semantic entropy of the answers' Strategic Grams (committed by the evaluation as a metric of its own stage).
 CREATE OR REPLACE VIEW eval_summary AS
 WITH s AS (
     SELECT run_id, iteration, checkpoint_id, suite, protocol_hash, count(DISTINCT problem_id) AS problems,
@@ -178,8 +179,11 @@ WITH s AS (
     FROM eval_results GROUP BY ALL
 )
 SELECT s.run_id, s.iteration, s.checkpoint_id, s.suite, s.protocol_hash, s.problems, s.k, s.avg_at_k, p.pass_at_k,
-       s.mean_response_length, s.not_ok_share, s.truncated_share
+       s.mean_response_length, s.not_ok_share, s.truncated_share, e.value AS semantic_entropy
 FROM s JOIN eval_pass_at_k p USING (run_id, iteration, checkpoint_id, suite, protocol_hash, k)
+LEFT JOIN metrics e
+    ON e.run_id = s.run_id AND e.iteration = s.iteration AND e.name = 'semantic_entropy'
+   AND e.stage = 'eval-' || s.suite || '-' || s.protocol_hash
 ORDER BY s.run_id, s.iteration, s.suite, s.protocol_hash;
 
 -- The LLM judge's error type of each failed rollout (`hicra judge`), and per (run, iteration, judge) the paper's
