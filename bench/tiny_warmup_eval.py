@@ -1,4 +1,5 @@
-"""Build the tiny policy with given settings and report build time, sampled and greedy accuracy on eval problems.
+"""Build the tiny policy with given settings and report build time, sampled and greedy accuracy on eval problems,
+and at temperature 1 each method's share and success rate (docs/strategy-task.md).
 
 Usage: python bench/tiny_warmup_eval.py [--steps 630 --batch-size 32 --lr 3e-3 --hidden 128 ...] [--cache DIR]
 """
@@ -11,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hicra.tiny import build_tiny_policy, tiny_accuracy
+from hicra.tiny import STRATEGIES, build_tiny_policy, tiny_accuracy, tiny_samples
 
 
 def main() -> None:
@@ -50,7 +51,12 @@ def main() -> None:
     )
     build_s, build_cpu_s = time.monotonic() - started, time.process_time() - cpu
     started = time.monotonic()
-    sampled = tiny_accuracy(folder, n=args.n, temperature=1.0, seed=args.seed)
+    samples = tiny_samples(folder, n=args.n, temperature=1.0, seed=args.seed)
+    sampled = sum(correct for _, correct in samples) / len(samples)
+    methods = {}
+    for name in [*STRATEGIES, None]:
+        picked = [correct for strategy, correct in samples if strategy == name]
+        methods[str(name)] = {"share": len(picked) / len(samples), "acc": sum(picked) / max(len(picked), 1)}
     greedy = tiny_accuracy(folder, n=args.n, temperature=0.0, seed=args.seed)
     result = {
         **vars(args),
@@ -60,6 +66,7 @@ def main() -> None:
         "build_cpu_s": round(build_cpu_s, 1),
         "acc_t1": sampled,
         "acc_greedy": greedy,
+        "methods_t1": methods,
         "eval_s": round(time.monotonic() - started, 1),
     }
     print(json.dumps(result, default=str), flush=True)

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
+import sys
+from typing import TextIO
+
+import duckdb
+import pyarrow as pa
 
 from warehouse.store import ROOT_HELP, Warehouse, default_root
 
-__all__ = ["ROOT_HELP", "add_set_option", "config_warehouse", "parse_override", "prefect_defaults", "warehouse_root"]
+__all__ = [
+    "MAX_ROWS", "ROOT_HELP", "add_set_option", "config_warehouse", "parse_override", "prefect_defaults", "print_rows",
+    "warehouse_root", "write_box",
+]  # fmt: skip
+MAX_ROWS = 40  # rows a box shows (the first and last halves), as DuckDB's CLI `.maxrows`
 
 
 def prefect_defaults() -> None:
@@ -47,3 +58,20 @@ def parse_override(item: str) -> tuple[str, object]:
 def add_set_option(parser: argparse.ArgumentParser, help: str) -> None:
     """The repeatable `--set FIELD=VALUE` option of the commands that load a run config."""
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help=help)
+
+
+def write_box(result: pa.Table, out: TextIO, width: int, max_rows: int = MAX_ROWS) -> None:
+    """DuckDB's box rendering of a result at most `width` columns wide: columns and rows that do not fit are elided
+    and the footer says how many are shown (a 1-row result has no footer)."""
+    relation = duckdb.connect().from_arrow(result)
+    with contextlib.redirect_stdout(out):
+        relation.show(max_width=width, max_rows=max_rows, null_value="NULL")
+
+
+def print_rows(rows: list[dict], title: str) -> None:
+    """Rows of one shape under a title, as a box fitted to the terminal ($COLUMNS, else the terminal's, else 80)."""
+    print(title)
+    if not rows:
+        print("(none)")
+        return
+    write_box(pa.Table.from_pylist(rows), sys.stdout, shutil.get_terminal_size().columns, max_rows=len(rows))

@@ -3,31 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 
-from rich.console import Console
-from rich.table import Table
-
-from cli.common import ROOT_HELP, warehouse_root
+from cli.common import ROOT_HELP, print_rows, warehouse_root
 from warehouse.runs import runs, status
 
 
-def print_rows(rows: list[dict], title: str) -> None:
-    """Rows of one shape as a table; NULL shows as `-`."""
-    table = Table(title=title)
-    for name in rows[0] if rows else ["(none)"]:
-        table.add_column(name)
-    for row in rows:
-        table.add_row(*("-" if v is None else str(v) for v in row.values()))
-    Console().print(table)
+def _minutes(rows: list[dict], fmt: str) -> list[dict]:
+    """Rows with their timestamps as text to the minute (UTC): narrow enough for 80 columns."""
+    return [{k: v.astimezone(dt.UTC).strftime(fmt) if isinstance(v, dt.datetime) else v for k, v in r.items()}
+            for r in rows]  # fmt: skip
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    print_rows(runs(warehouse_root(args)), "runs")
+    print_rows(_minutes(runs(warehouse_root(args)), "%Y-%m-%d %H:%M"), "runs (last commit in UTC)")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    print_rows(status(warehouse_root(args), args.run_id), f"run {args.run_id}")
+    rows = _minutes(status(warehouse_root(args), args.run_id), "%m-%d %H:%M")
+    print_rows(rows, f"run {args.run_id}: when each stage committed (UTC; `hicra sql` has the commits view)")
     return 0
 
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import shutil
@@ -16,7 +15,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cli.common import ROOT_HELP, warehouse_root
+from cli.common import MAX_ROWS, ROOT_HELP, warehouse_root, write_box
 from warehouse.catalog import init_sql, query
 from warehouse.export import EXPORT_FORMATS, export_rollouts
 from warehouse.store import Warehouse
@@ -24,7 +23,6 @@ from warehouse.store import Warehouse
 FORMATS = ("box", "csv", "json", "markdown", "line", "parquet")
 """`box`: DuckDB's own renderer, fitted to the terminal (columns and rows it cannot fit are elided, with a note, as
 DuckDB's CLI does); `line`: one `column = value` line per field, records apart (DuckDB's `.mode line`)."""
-MAX_ROWS = 40  # rows `box` shows (first and last halves), as DuckDB's CLI `.maxrows`
 FILE_WIDTH = 100_000  # `box` into a file: no column elided
 
 
@@ -33,13 +31,6 @@ def _plain(value: object, null: str = "") -> object:
     if isinstance(value, list | dict):
         return json.dumps(value, default=str)
     return null if value is None else value
-
-
-def write_box(result: pa.Table, out: TextIO, width: int, max_rows: int = MAX_ROWS) -> None:
-    """DuckDB's box rendering of a result at most `width` columns wide (a 1-row result has no footer to wrap)."""
-    relation = duckdb.connect().from_arrow(result)
-    with contextlib.redirect_stdout(out):
-        relation.show(max_width=width, max_rows=max_rows, null_value="NULL")
 
 
 def write_result(result: pa.Table, fmt: str, out: TextIO, width: int = 80, max_rows: int = MAX_ROWS) -> None:

@@ -116,7 +116,7 @@ def run_iterations(config: RunConfig, force: bool = False) -> list[dict]:
             console.print(f"[bold]iteration {iteration + 1}/{config.run.iterations}[/bold] (run {config.run.id})")
             for stage in STAGES:
                 run_stage_where_configured(config, stage, iteration, base_model_dir)
-            if config.eval.every and iteration % config.eval.every == config.eval.every - 1:
+            if config.eval.due(iteration):
                 run_stage_where_configured(config, "eval", iteration, base_model_dir)
             summaries.append(summarize(config, iteration))
             report_iteration(config, summaries, time.perf_counter() - started)

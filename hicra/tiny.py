@@ -30,14 +30,14 @@ from transformers import (
 from hicra.cache import build_once, default_cache_dir
 from hicra.prompts import PLAIN_TEMPLATE
 
-TASK_VERSION = "synth-arith-v2"
+TASK_VERSION = "strategy-v1"
 """Bump when the task text, tokenizer recipe or training recipe changes: it is part of the cache key."""
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
-VOCAB_SIZE = 600
+VOCAB_SIZE = 1000
 TOKENIZER_CORPUS = 2000  # train problems the tokenizer is trained on
 EVAL_SHARE = 5  # one (template, numbers) combination in EVAL_SHARE belongs to the eval split
-MAX_POSITIONS = 256
+MAX_POSITIONS = 192
 MANIFEST = "hicra_tiny.json"
 
 CHAT_TEMPLATE = (
@@ -48,85 +48,28 @@ CHAT_TEMPLATE = (
 )
 """Maps a chat onto the plain format the model was trained on, so chat-template users get the same prompt."""
 
-# Decision-point phrasings; each contains at least one Strategic Gram (checked by the tests).
-OPENERS = ["Let's break this down.", "Let's outline the steps.", "Let's formulate a plan.", "Let's think step by step."]
-FIRST_STEP = ["First, we need to", "The first step is to", "Our strategy is to first"]
-NEXT_STEP = ["Then we need to", "Next, we need to", "The next step is to", "Now we need to"]
-LAST_STEP = ["Finally we need to", "Now we need to", "The last thing we need to do is"]
-VERIFY = ["Let me verify:", "Let's double-check:", "To verify:", "Let's check our work:"]
+STRATEGIES = {
+    "add": "Let's break it down into manageable steps and add one {container} at a time:",
+    "multiply": "A more direct approach is to multiply the {containers} by the {items}:",
+}
+"""The two solution methods and the planning phrase that announces each (each holds a Strategic Gram: `break it
+down into manageable steps`, `a more direct approach is`). Repeated addition takes k - 1 running sums whose count
+the model must keep; multiplication takes one table fact. The phrase is the first thing a solution says, so the
+choice of method is the policy's first decision."""
+REST = "Now we need to add the other {items}:"
 CONCLUSION = "So the answer is"
 
 NAMES = ["Tom", "Sara", "Ben", "Mia", "Leo", "Ana", "Sam", "Eva"]
+TEMPLATES = [
+    ("bag", "bags", "apples"),
+    ("box", "boxes", "pens"),
+    ("tray", "trays", "cookies"),
+    ("shelf", "shelves", "books"),
+    ("pack", "packs", "cards"),
+]
+"""(container, containers, items) of the word problems: `k containers with b items in each and c more items`."""
 
-Step = tuple[str, int, str, int]  # (what the step does, left operand, operator, right operand)
 Progress = Callable[[int, int, float], None]
-
-
-def _apply(a: int, op: str, b: int) -> int:
-    return {"+": a + b, "-": a - b, "*": a * b}[op]
-
-
-def _pens(v: list[int], name: str) -> tuple[str, list[Step]]:
-    a, b, c = v
-    problem = (
-        f"{name} buys {a} pens that cost {b} dollars each and a notebook that costs {c} dollars. "
-        f"How much does {name} spend in total?"
-    )
-    return problem, [("find the cost of the pens", a, "*", b), ("add the cost of the notebook", a * b, "+", c)]
-
-
-def _apples(v: list[int], name: str) -> tuple[str, list[Step]]:
-    a, b, c, d = v
-    problem = (
-        f"{name} picks {a} bags with {b} apples in each bag. {name} already had {c} apples and then eats {d} apples. "
-        f"How many apples does {name} have now?"
-    )
-    return problem, [
-        ("find how many apples are in the bags", a, "*", b),
-        ("add the apples from before", a * b, "+", c),
-        ("subtract the apples that were eaten", a * b + c, "-", d),
-    ]
-
-
-def _shelves(v: list[int], _name: str) -> tuple[str, list[Step]]:
-    a, b, c = v
-    problem = (
-        f"A library has {a} shelves with {b} books on each shelf. Then {c} books are borrowed. "
-        "How many books are left on the shelves?"
-    )
-    return problem, [("find the number of books", a, "*", b), ("subtract the borrowed books", a * b, "-", c)]
-
-
-def _cookies(v: list[int], name: str) -> tuple[str, list[Step]]:
-    a, b, c, d = v
-    problem = (
-        f"{name} bakes {a} trays with {b} cookies on each tray. {name} gives {c} cookies to a friend "
-        f"and {d} cookies to a neighbor. How many cookies are left?"
-    )
-    return problem, [
-        ("find the number of cookies", a, "*", b),
-        ("subtract the cookies for the friend", a * b, "-", c),
-        ("subtract the cookies for the neighbor", a * b - c, "-", d),
-    ]
-
-
-def _marbles(v: list[int], name: str) -> tuple[str, list[Step]]:
-    a, b = v
-    problem = f"{name} has {a} marbles. A friend has {b} more marbles than {name}. How many marbles do they have?"
-    return problem, [("find how many marbles the friend has", a, "+", b), ("add the marbles of both", a, "+", a + b)]
-
-
-def _pages(v: list[int], name: str) -> tuple[str, list[Step]]:
-    a, b, c = v
-    problem = (
-        f"{name} reads {a} pages on Monday, {b} pages on Tuesday and {c} pages on Wednesday. "
-        f"How many pages does {name} read in total?"
-    )
-    return problem, [("add the pages of Monday and Tuesday", a, "+", b), ("add the pages of Wednesday", a + b, "+", c)]
-
-
-TEMPLATES = [(_pens, 3), (_apples, 4), (_shelves, 3), (_cookies, 4), (_marbles, 2), (_pages, 3)]
-"""Six word-problem templates with the count of numbers (1-9) each one draws."""
 
 
 def _split_of(template: int, numbers: list[int]) -> str:
@@ -135,33 +78,50 @@ def _split_of(template: int, numbers: list[int]) -> str:
     return "eval" if zlib.crc32(key) % EVAL_SHARE == 0 else "train"
 
 
-def _solution(steps: list[Step], rng: random.Random) -> tuple[str, int]:
-    """Write the worked solution with varied planning phrases and a verification of the last step."""
-    parts = [rng.choice(OPENERS)]
-    value = 0
-    for i, (what, a, op, b) in enumerate(steps):
-        value = _apply(a, op, b)
-        lead = FIRST_STEP if i == 0 else LAST_STEP if i == len(steps) - 1 and len(steps) > 2 else NEXT_STEP
-        parts.append(f"{rng.choice(lead)} {what}: {a} {op} {b} = {value}.")
-    _, a, op, b = steps[-1]
-    check = {"+": f"{value} - {b} = {a}", "-": f"{value} + {b} = {a}", "*": f"{b} * {a} = {value}"}[op]
-    parts.append(f"{rng.choice(VERIFY)} {check}.")
-    parts.append(f"{CONCLUSION} \\boxed{{{value}}}.")
-    return " ".join(parts), value
+def _solution(strategy: str, k: int, b: int, c: int, words: dict[str, str]) -> str:
+    """The worked solution of `k containers with b items in each and c more` by one method."""
+    parts = [STRATEGIES[strategy].format(**words)]
+    if strategy == "add":
+        sums = [f"{b * i} + {b} = {b * (i + 1)}" for i in range(1, k)]
+        parts.append(", ".join(sums) + ".")
+    else:
+        parts.append(f"{k} * {b} = {k * b}.")
+    parts.append(f"{REST.format(**words)} {k * b} + {c} = {k * b + c}.")
+    parts.append(f"{CONCLUSION} \\boxed{{{k * b + c}}}.")
+    return " ".join(parts)
 
 
 def _problem(seed: int, split: str, index: int) -> dict:
-    """Draw problem `index` of a split; only (seed, split, index) decide it."""
+    """Draw problem `index` of a split; only (seed, split, index) decide it. The method of its worked solution is
+    drawn 50/50, so the warm-up teaches both and leaves the choice to RL."""
     rng = random.Random(f"hicra-tiny:{seed}:{split}:{index}")
     while True:
         template = rng.randrange(len(TEMPLATES))
-        make, count = TEMPLATES[template]
-        numbers = [rng.randint(1, 9) for _ in range(count)]
-        problem, steps = make(numbers, rng.choice(NAMES))
-        if _split_of(template, numbers) != split or any(_apply(a, op, b) < 0 for _, a, op, b in steps):
-            continue
-        solution, answer = _solution(steps, rng)
-        return {"id": f"synth-{split}-{index}", "problem": problem, "answer": str(answer), "solution": solution}
+        k, b, c = rng.randint(3, 9), rng.randint(2, 9), rng.randint(1, 9)
+        if _split_of(template, [k, b, c]) == split:
+            break
+    container, containers, items = TEMPLATES[template]
+    words = {"container": container, "containers": containers, "items": items}
+    name = rng.choice(NAMES)
+    problem = (
+        f"{name} has {k} {containers} with {b} {items} in each {container} and {c} more {items}. "
+        f"How many {items} does {name} have?"
+    )
+    strategy = rng.choice(sorted(STRATEGIES))
+    solution = _solution(strategy, k, b, c, words)
+    return {"id": f"synth-{split}-{index}", "problem": problem, "answer": str(k * b + c), "solution": solution,
+            "strategy": strategy}  # fmt: skip
+
+
+_STRATEGY_PATTERNS = {
+    name: re.compile(re.escape(phrase.split("{")[0].strip()), re.IGNORECASE) for name, phrase in STRATEGIES.items()
+}
+
+
+def strategy_of(response: str) -> str | None:
+    """The method a response announces first (a key of STRATEGIES), or None when it announces none."""
+    found = [(m.start(), name) for name, pattern in _STRATEGY_PATTERNS.items() if (m := pattern.search(response))]
+    return min(found)[1] if found else None
 
 
 def synthetic_problems(n: int, seed: int, split: str = "train") -> list[dict]:
@@ -273,12 +233,12 @@ def _build(folder: Path, settings: dict, progress: Progress | None) -> None:
 def build_tiny_policy(
     out_dir: Path | None = None,
     *,
-    hidden_size: int = 128,
-    num_layers: int = 4,
+    hidden_size: int = 64,
+    num_layers: int = 2,
     num_heads: int = 4,
-    intermediate_size: int = 512,
-    warmup_steps: int = 1500,
-    batch_size: int = 8,
+    intermediate_size: int = 256,
+    warmup_steps: int = 300,
+    batch_size: int = 16,
     lr: float = 6e-3,
     seed: int = 0,
     cache_dir: Path | None = None,
@@ -325,16 +285,16 @@ def last_boxed(text: str) -> str | None:
 
 
 @torch.no_grad()
-def tiny_accuracy(
+def tiny_samples(
     model_dir: Path, n: int = 200, temperature: float = 1.0, samples: int = 1, seed: int = 0, batch: int = 50
-) -> float:
-    """Share of sampled answers (last \\boxed{}) equal to the reference on `n` eval problems; temperature 0: greedy."""
+) -> list[tuple[str | None, bool]]:
+    """(announced strategy, answer correct) of each sampled answer to `n` eval problems; temperature 0: greedy."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     problems = synthetic_problems(n, seed, "eval")
     sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {}
     torch.manual_seed(seed)
-    correct = 0
+    results = []
     for start in range(0, n, batch):
         chunk = problems[start : start + batch]
         enc = tokenizer([PLAIN_TEMPLATE.format(problem=p["problem"]) for p in chunk], return_tensors="pt", padding=True)
@@ -346,6 +306,13 @@ def tiny_accuracy(
             **(sampling or {"do_sample": False}),
         )
         texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        for i, text in enumerate(texts):
-            correct += last_boxed(text) == chunk[i // samples]["answer"]
-    return correct / (n * samples)
+        results += [(strategy_of(t), last_boxed(t) == chunk[i // samples]["answer"]) for i, t in enumerate(texts)]
+    return results
+
+
+def tiny_accuracy(
+    model_dir: Path, n: int = 200, temperature: float = 1.0, samples: int = 1, seed: int = 0, batch: int = 50
+) -> float:
+    """Share of sampled answers (last \\boxed{}) equal to the reference on `n` eval problems; temperature 0: greedy."""
+    results = tiny_samples(model_dir, n, temperature, samples, seed, batch)
+    return sum(correct for _, correct in results) / len(results)

@@ -35,12 +35,12 @@ class RunSection(Section):
 
 
 class TinyModelSection(Section):
-    hidden_size: int = Field(128, ge=8, description="Hidden size of the tiny Llama policy.")
-    num_layers: int = Field(4, ge=1, description="Transformer layers.")
+    hidden_size: int = Field(64, ge=8, description="Hidden size of the tiny Llama policy.")
+    num_layers: int = Field(2, ge=1, description="Transformer layers.")
     num_heads: int = Field(4, ge=1, description="Attention heads.")
-    intermediate_size: int = Field(512, ge=8, description="MLP width.")
-    warmup_steps: int = Field(1500, ge=0, description="Supervised warm-up steps on the synthetic task's solutions.")
-    batch_size: int = Field(8, ge=1, description="Warm-up batch size.")
+    intermediate_size: int = Field(256, ge=8, description="MLP width.")
+    warmup_steps: int = Field(300, ge=0, description="Supervised warm-up steps on the synthetic task's solutions.")
+    batch_size: int = Field(16, ge=1, description="Warm-up batch size.")
     lr: float = Field(6e-3, gt=0, description="Warm-up peak learning rate (linear warm-up, cosine decay).")
     seed: int | None = Field(
         None,
@@ -436,12 +436,19 @@ class EvalProtocol(Section):
 
 class EvalSection(Section):
     every: int = Field(0, ge=0, description="Evaluate the checkpoint of every k-th iteration after its update; 0: off.")
+    first: bool = Field(
+        False, description="With `every`: evaluate the first iteration's checkpoint too (the later ones' baseline)."
+    )
     suites: list[str] = Field(
         default_factory=lambda: ["synthetic"],
         description="Suites: a benchmark name, `synthetic[:N]`, a JSONL or Parquet file, or `hf:NAME[:SPLIT]`.",
     )
     limit: PositiveInt | None = Field(None, description="Evaluate only the first N problems of each suite.")
     protocol: EvalProtocol = Field(default_factory=EvalProtocol)
+
+    def due(self, iteration: int) -> bool:
+        """Whether the checkpoint of `iteration` (from 0) is evaluated after its update."""
+        return self.every > 0 and (iteration % self.every == self.every - 1 or (self.first and iteration == 0))
 
 
 Stage = Literal["rollout", "verify", "annotate", "update", "eval"]
@@ -530,9 +537,13 @@ def from_sections(cls: type[Mirror], *sections: BaseModel, **derived: Any) -> Mi
     """The dataclass `cls` (a plain-data settings class of hicra/, which does not depend on pydantic) with each field
     taken from the one section that has a field of that name, or from `derived` (values computed by the caller).
 
-    A field in no section and not derived, or in two sections, is a TypeError: a renamed section field cannot be
-    dropped silently. tests/test_config.py checks that the dataclasses' defaults are the sections' defaults.
+    A field in no section and not derived, or in two sections, or a derived value for no field is a TypeError: a
+    renamed field cannot be dropped silently. tests/test_config.py checks that the dataclasses' defaults are the
+    sections' defaults.
     """
+    names = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    if unknown := sorted(set(derived) - names):
+        raise TypeError(f"{cls.__name__} has no field {', '.join(unknown)}")
     values = {}
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         owners = [section for section in sections if field.name in type(section).model_fields]

@@ -72,6 +72,7 @@ class PlanningRow(Row):
     spans: SpanList
     num_planning_tokens: Int32
     grams_version: str
+    strategy: str | None  # the method the response announced (hicra.tiny.strategy_of); None off the tiny task
 
 
 class AdvantageRow(Row):

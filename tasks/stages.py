@@ -32,7 +32,7 @@ from hicra.metrics import conditional_entropy, fork_overlap, semantic_entropy, t
 from hicra.prompts import render_prompt
 from hicra.rewards import RewardConfig, shaped_reward
 from hicra.smollm2 import smollm2_policy
-from hicra.tiny import build_tiny_policy
+from hicra.tiny import build_tiny_policy, strategy_of
 from hicra.trainer import UpdateConfig
 from hicra.update import NodeLaunch, UpdateRequest, run_update, run_update_distributed
 from schemas.config import ConfigError, RolloutSection, RunConfig, from_sections
@@ -272,8 +272,15 @@ def annotate_planning(store: Warehouse, config: RunConfig, iteration: int, base_
             spans=[{"start": s.start, "end": s.end, "gram": s.gram} for s in spans],
             num_planning_tokens=sum(mask),
             grams_version=version,
+            strategy=strategy_of(text) if _is_synthetic(config, pid) else None,
         )
-        for rid, (spans, mask) in zip(rollouts["rollout_id"], _annotate_all(rollouts, tokenizer, matcher), strict=True)
+        for rid, pid, text, (spans, mask) in zip(
+            rollouts["rollout_id"],
+            rollouts["prompt_id"],
+            rollouts["response"],
+            _annotate_all(rollouts, tokenizer, matcher),
+            strict=True,
+        )  # fmt: skip
     ]
     texts = rollouts["response"]
     span_lists = [[(s["start"], s["end"], s["gram"]) for s in row.spans] for row in rows]
@@ -299,6 +306,15 @@ def _annotate_all(rollouts: dict, tokenizer, matcher: GramMatcher) -> list[tuple
         _, spans, mask = annotate(text_ids, tokenizer, matcher)
         out.append((spans, list(mask) + [0] * (len(ids) - len(text_ids))))
     return out
+
+
+def _is_synthetic(config: RunConfig, prompt_id: str) -> bool:
+    """Whether a prompt is the tiny task's (whose responses announce a strategy): ids of a named source of a mixture
+    are `NAME/...`, of the single-source form the dataset's own."""
+    if config.data.sources:
+        name = prompt_id.partition("/")[0]
+        return any(s.name == name and s.source == "synthetic" for s in config.data.sources)
+    return config.data.source == "synthetic"
 
 
 def _by_rollout(table: pa.Table, column: str) -> dict:

@@ -13,7 +13,8 @@ from warehouse.catalog import query
 
 SUMMARY_COLUMNS = {
     "reward": ("reward", "{:.3f}"),
-    "accuracy": ("accuracy", "{:.3f}"),
+    "accuracy": ("acc", "{:.3f}"),
+    "eval_accuracy": ("eval", "{:.3f}"),
     "pass_at_group": ("pass@G", "{:.3f}"),
     "mean_response_length": ("length", "{:.1f}"),
     "planning_token_share": ("planning", "{:.3f}"),
@@ -21,20 +22,24 @@ SUMMARY_COLUMNS = {
     "loss": ("loss", "{:+.4f}"),
 }
 """`iteration_summary` columns the console shows: (label, format). `zero-adv`: the share of groups whose rewards
-are all equal (no gradient signal)."""
-LINE_COLUMNS = {"reward": ("reward", "{:.3f}"), "accuracy": ("acc", "{:.3f}"), "pass_at_group": ("pass@G", "{:.2f}"),
-                "mean_response_length": ("len", "{:.0f}"), "planning_token_share": ("plan", "{:.3f}"),
-                "loss": ("loss", "{:+.4f}")}  # fmt: skip
+are all equal (no gradient signal); `eval`: held-out accuracy where the iteration's checkpoint was evaluated."""
+LINE_COLUMNS = {"accuracy": ("acc", "{:.3f}"), "eval_accuracy": ("eval", "{:.3f}"),
+                "pass_at_group": ("pass@G", "{:.2f}"), "mean_response_length": ("len", "{:.0f}"),
+                "planning_token_share": ("plan", "{:.3f}"), "loss": ("loss", "{:+.4f}")}  # fmt: skip
 """The per-iteration line's columns: short labels and formats, so that a line fits 80 columns."""
 
 
 @task(name="summarize", task_run_name="{config.run.id}-i{iteration}-summary", cache_policy=NO_CACHE)
 def summarize(config: RunConfig, iteration: int) -> dict:
-    """The `iteration_summary` row of one iteration, as a dict, with the semantic entropy of each suite evaluated on
-    its checkpoint (`semantic_entropy_eval_<suite>`, from `eval_summary`; the last protocol's where there are several).
-    """
+    """The `iteration_summary` row of one iteration, as a dict, with `eval_accuracy` (the mean avg@k of the
+    checkpoint's evaluations on held-out suites; None when it was not evaluated) and the semantic entropy of each
+    suite evaluated on its checkpoint (`semantic_entropy_eval_<suite>`, from `eval_summary`; the last protocol's where
+    there are several)."""
     where = f"WHERE run_id = '{config.run.id}' AND iteration = {int(iteration)}"
-    rows = query(config.run.warehouse, f"SELECT * FROM iteration_summary {where}").to_pylist()
+    rows = query(
+        config.run.warehouse,
+        f"SELECT *, (SELECT avg(avg_at_k) FROM eval_summary {where}) AS eval_accuracy FROM iteration_summary {where}",
+    ).to_pylist()
     if not rows:
         return {}
     evals = query(
@@ -57,13 +62,14 @@ def duration(seconds: float) -> str:
 
 def iteration_line(row: dict, seconds: float) -> str:
     """One iteration's summary on one line that fits 80 columns (up to iteration 999 and 99999-token responses):
-    `#3 reward 0.250 acc 0.250 pass@G 0.50 len 41 plan 0.083 loss -0.0081 12s`; NULL (no update yet) is `-`."""
+    `#3 acc 0.250 eval 0.310 pass@G 0.50 len 41 plan 0.083 loss -0.0081 12s`; NULL (no update yet, not
+    evaluated) is `-`; the reward is in the table at the end."""
     cells = " ".join(f"{label} {_cell(row, key, fmt)}" for key, (label, fmt) in LINE_COLUMNS.items())
     return f"#{row.get('iteration')} {cells} {duration(seconds)}"
 
 
 def summary_table(rows: list[dict]) -> Table:
-    """Every iteration's summary (SUMMARY_COLUMNS), 74 characters wide with fixed formats: nothing is cut at 80."""
+    """Every iteration's summary (SUMMARY_COLUMNS), 79 characters wide with fixed formats: nothing is cut at 80."""
     table = Table(title="per-iteration summary", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     table.add_column("iteration", justify="right", no_wrap=True)
     for label, _ in SUMMARY_COLUMNS.values():

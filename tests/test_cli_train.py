@@ -18,6 +18,7 @@ WORST = {
     "iteration": 999,
     "reward": -0.25,
     "accuracy": 1.0,
+    "eval_accuracy": 1.0,
     "pass_at_group": 1.0,
     "mean_response_length": 99999.0,
     "planning_token_share": 0.0833,
@@ -30,9 +31,9 @@ LOG_RECORD = re.compile(r"\[\d{4}-\d\d-\d\d |\d\d:\d\d:\d\d\.\d+ \| ")
 
 def test_the_iteration_line_fits_80_columns_at_its_widest():
     line = iteration_line(WORST, 35999)
-    assert line == "#999 reward -0.250 acc 1.000 pass@G 1.00 len 99999 plan 0.083 loss -0.0081 10.0h"
+    assert line == "#999 acc 1.000 eval 1.000 pass@G 1.00 len 99999 plan 0.083 loss -0.0081 10.0h"
     assert len(line) <= 80
-    assert iteration_line({"iteration": 0, "reward": 0.5}, 3.2).startswith("#0 reward 0.500 acc - pass@G -")
+    assert iteration_line({"iteration": 0, "accuracy": 0.5}, 3.2).startswith("#0 acc 0.500 eval - pass@G -")
     assert [duration(s) for s in (59.4, 999, 1000, 5999, 6000)] == ["59s", "999s", "17m", "100m", "1.7h"]
 
 
@@ -43,9 +44,9 @@ def test_the_summary_table_is_never_cut(columns):
     lines = out.export_text().splitlines()
     assert max(len(line.rstrip()) for line in lines) <= 80 and "…" not in "".join(lines)
     assert lines[2].split() == [
-        "iteration", "reward", "accuracy", "pass@G", "length", "planning", "zero-adv", "loss"
+        "iteration", "reward", "acc", "eval", "pass@G", "length", "planning", "zero-adv", "loss"
     ]  # fmt: skip
-    assert lines[4].split() == ["999", "-0.250", "1.000", "1.000", "99999.0", "0.083", "0.500", "-0.0081"]
+    assert lines[4].split() == ["999", "-0.250", "1.000", "1.000", "1.000", "99999.0", "0.083", "0.500", "-0.0081"]
 
 
 def test_training_prints_a_line_per_iteration_and_the_table_at_the_end(prefect_server, tmp_path, capsys, monkeypatch):

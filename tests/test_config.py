@@ -132,7 +132,7 @@ def test_hicra_settings_dataclasses_are_their_sections_fields_with_the_same_defa
 
     config = RunConfig()
     built = {
-        AdvantageConfig: from_sections(AdvantageConfig, config.algorithm, seed=0),
+        AdvantageConfig: from_sections(AdvantageConfig, config.algorithm),
         RewardConfig: from_sections(RewardConfig, config.reward),
         UpdateConfig: from_sections(
             UpdateConfig, config.trainer, config.algorithm, config.rollout,
@@ -143,6 +143,8 @@ def test_hicra_settings_dataclasses_are_their_sections_fields_with_the_same_defa
         assert from_config == cls(), cls.__name__
     with pytest.raises(TypeError, match=r"UpdateConfig\.seed: in none of TrainerSection"):
         from_sections(UpdateConfig, config.trainer, config.algorithm, config.rollout, norm_length=128)
+    with pytest.raises(TypeError, match="AdvantageConfig has no field seed"):
+        from_sections(AdvantageConfig, config.algorithm, seed=0)
 
 
 def test_a_registered_estimator_is_a_config_name_with_no_other_edit():

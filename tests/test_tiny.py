@@ -50,7 +50,7 @@ def test_synthetic_problems_are_deterministic_and_well_formed() -> None:
     assert first != tiny.synthetic_problems(300, seed=8)
     assert len({p["id"] for p in first}) == 300
     assert first[17]["id"] == "synth-train-17"
-    assert {tuple(sorted(p)) for p in first} == {("answer", "id", "problem", "solution")}
+    assert {tuple(sorted(p)) for p in first} == {("answer", "id", "problem", "solution", "strategy")}
     assert len({p["problem"] for p in first}) > 250
     with pytest.raises(ValueError):
         tiny.synthetic_problems(1, seed=0, split="test")
@@ -67,28 +67,23 @@ def test_train_and_eval_splits_are_disjoint() -> None:
 def test_solutions_have_correct_arithmetic_and_end_in_the_boxed_answer() -> None:
     for p in tiny.synthetic_problems(500, seed=1) + tiny.synthetic_problems(100, seed=1, split="eval"):
         answer = int(p["answer"])
-        assert answer >= 0
+        k, b, c = map(int, re.findall(r"\d+", p["problem"]))
+        assert answer == k * b + c and 3 <= k <= 9 and 2 <= b <= 9 and 1 <= c <= 9
         assert p["solution"].endswith(f"So the answer is \\boxed{{{p['answer']}}}.")
         assert tiny.last_boxed(p["solution"]) == p["answer"]
         equations = re.findall(r"(\d+) ([-+*]) (\d+) = (\d+)", p["solution"])
-        assert len(equations) >= 3  # at least two steps and a verification
-        for a, op, b, result in equations:
-            assert OPS[op](int(a), int(b)) == int(result)
-        assert int(equations[-2][3]) == answer  # the last step computes the answer
-        numbers = re.findall(r"\d+", p["problem"])
-        assert all(1 <= int(x) <= 9 for x in numbers)
+        assert len(equations) >= 2  # the method's steps, then adding the rest
+        for a, op, b_, result in equations:
+            assert OPS[op](int(a), int(b_)) == int(result)
+        assert int(equations[-1][3]) == answer  # the last step computes the answer
 
 
 def test_every_planning_phrasing_contains_a_strategic_gram() -> None:
     grams = _strategic_grams()
-    phrasings = tiny.OPENERS + tiny.FIRST_STEP + tiny.NEXT_STEP + tiny.LAST_STEP + tiny.VERIFY + [tiny.CONCLUSION]
-    for phrase in phrasings:
+    for phrase in [*tiny.STRATEGIES.values(), tiny.REST, tiny.CONCLUSION]:
         assert _sg_matches(phrase, grams), phrase
-    used = " ".join(p["solution"] for p in tiny.synthetic_problems(400, seed=0))
-    for phrase in phrasings:  # the rng really varies the planning vocabulary
-        assert phrase in used, phrase
     for p in tiny.synthetic_problems(50, seed=0):
-        assert len(_sg_matches(p["solution"], grams)) >= 4
+        assert len(_sg_matches(p["solution"], grams)) >= 3
 
 
 def test_tokenizer_splits_digits_and_round_trips() -> None:
