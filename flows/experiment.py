@@ -22,8 +22,7 @@ def run_is_done(config: RunConfig) -> bool:
     last = config.run.iterations - 1
     if not open_warehouse(config).is_committed(config.run.id, last, "update"):
         return False
-    evaluated = not config.eval.every or last % config.eval.every != config.eval.every - 1
-    return evaluated or not pending_eval_stages(config, last)
+    return not config.eval.due(last) or not pending_eval_stages(config, last)
 
 
 def _flow_run_name() -> str:

@@ -125,8 +125,7 @@ class Experiment:
             config = load_config(self.base_path, **self.overrides(method, seed), **self.run_section(method, seed))
         except ConfigError as err:
             raise ConfigError(f"{self.path}: methods.{method} (over base {self.config.base}): {err}") from err
-        every, last = config.eval.every, config.run.iterations - 1
-        if not every or last % every != every - 1:
+        if not config.eval.due(config.run.iterations - 1):
             raise ConfigError(
                 f"{self.path}: the runs must evaluate their last iteration for the report's final accuracy: set "
                 f"eval.every (in overrides or the base) to a divisor of the iterations ({config.run.iterations})"
