@@ -28,7 +28,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     title = f"Experiment {args.experiment}" if args.experiment else f"Runs {', '.join(run_ids)}"
     out = args.out or Path("reports") / (args.experiment or "comparison")
     index = write_comparison(data, args.baseline, out, title)
-    Console(width=80).print(final_table(data, args.baseline))
+    Console(width=80, emoji=False).print(final_table(data, args.baseline))
     print(f"wrote {len(panels(data))} plots and {index}")
     return 0
 

@@ -22,7 +22,7 @@ from hicra.verifier import EXTRACTORS, Verifier
 from schemas.config import GPU_TAG, NOT_HASHED, ConfigError, RunConfig
 from warehouse.store import AlreadyCommitted, Busy, Warehouse
 
-console = Console(highlight=False)
+console = Console(highlight=False, emoji=False)  # no emoji codes: suite `synthetic:100` printed `synthetic💯`
 
 
 @contextmanager
