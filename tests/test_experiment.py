@@ -164,6 +164,19 @@ def test_report_numbers_equal_sql_over_the_warehouse(grid):
             (statistics.mean(values), min(values), max(values))
         )
     assert line.iterations == [0, 1]
+    # strategy shares (the tiny task's planning.strategy): per method and iteration the mean share over seeds
+    shares = query(root, "select run_id, iteration, strategy, count(*) / sum(count(*)) over (partition by run_id, "
+                         "iteration) s from planning group by 1, 2, 3").to_pylist()  # fmt: skip
+    assert data.strategies == sorted({r["strategy"] for r in shares} - {None})
+    for strategy in data.strategies:
+        line = lines(data, f"strategy_share:{strategy}")["grpo"]
+        for k, iteration in enumerate(line.iterations):
+            values = [
+                next((r["s"] for r in shares if r["run_id"] == f"mini-grpo-s{seed}" and r["iteration"] == iteration
+                      and r["strategy"] == strategy), 0.0)
+                for seed in (0, 1)
+            ]  # fmt: skip
+            assert line.mean[k] == pytest.approx(statistics.mean(values))
 
 
 @SLOW

@@ -48,7 +48,7 @@ GROUP BY ALL ORDER BY ALL
 STRATEGY_SQL = """
 SELECT run_id, iteration, coalesce(strategy, '(none)') AS strategy,
        count(*) / sum(count(*)) OVER (PARTITION BY run_id, iteration) AS share
-FROM planning WHERE list_contains($runs, run_id) GROUP BY ALL ORDER BY ALL
+FROM planning WHERE list_contains($runs, run_id) GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
 """
 HAS_STRATEGY_SQL = """
 SELECT count(*) FROM information_schema.columns WHERE table_name = 'planning' AND column_name = 'strategy'
