@@ -37,7 +37,7 @@ def experiment(config_path: str = "configs/experiment.yaml", force: bool = False
     --force`; without it such a run fails with the fields that changed.
     """
     exp = load_experiment(config_path)
-    total = len(exp.runs)
+    total, failed = len(exp.runs), {}
     for index, ((method, seed), config) in enumerate(exp.runs.items(), start=1):
         console.print(f"[bold]experiment {exp.config.name}: run {index}/{total}[/bold] {config.run.id}")
         if run_is_done(config):
@@ -45,8 +45,19 @@ def experiment(config_path: str = "configs/experiment.yaml", force: bool = False
             console.print(f"  [dim]{config.run.id}: all {config.run.iterations} iterations committed, skipped[/dim]")
             continue
         section = exp.run_section(method, seed)
-        train(
-            config_path=str(exp.base_path), run_id=section["run.id"], iterations=section["run.iterations"],
-            warehouse=section["run.warehouse"], force=force, overrides=exp.overrides(method, seed),
-        )  # fmt: skip
+        try:
+            train(
+                config_path=str(exp.base_path), run_id=section["run.id"], iterations=section["run.iterations"],
+                warehouse=section["run.warehouse"], force=force, overrides=exp.overrides(method, seed),
+            )  # fmt: skip
+        except Exception as err:  # one failing cell does not stop the grid: the others run, then this is reported
+            console.print(f"[bold red]{config.run.id} failed:[/bold red] {err}")
+            failed[config.run.id] = err
+    if failed:
+        reasons = "; ".join(f"{run}: {err}" for run, err in failed.items())
+        raise ExperimentIncomplete(f"{len(failed)} of {total} runs failed (rerun to resume them): {reasons}")
     return [config.run.id for config in exp.runs.values()]
+
+
+class ExperimentIncomplete(RuntimeError):
+    """Runs of the experiment failed; the others ran to the end."""
