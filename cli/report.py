@@ -10,7 +10,7 @@ from rich.console import Console
 
 from cli.common import ROOT_HELP, warehouse_root
 from warehouse.compare import final_table, panels, write_comparison
-from warehouse.experiments import comparison_data, experiment_runs
+from warehouse.experiments import comparison_data, evaluated, experiment_runs
 from warehouse.report import PLOTS, write_report
 
 
@@ -23,6 +23,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not args.run_ids and not args.experiment:
         raise ValueError("hicra report: give one run, several runs, or --experiment NAME")
     from_experiment = experiment_runs(root, args.experiment) if args.experiment else []
+    if left_out := sorted(set(from_experiment) - set(evaluated(root, from_experiment))):
+        print(f"left out, no held-out evaluation yet (unfinished or failed): {', '.join(left_out)}")
+        from_experiment = [run for run in from_experiment if run not in left_out]
     run_ids = list(dict.fromkeys([*args.run_ids, *from_experiment]))
     data = comparison_data(root, run_ids, args.suite)
     title = f"Experiment {args.experiment}" if args.experiment else f"Runs {', '.join(run_ids)}"

@@ -17,6 +17,7 @@ from warehouse.catalog import connect
 from warehouse.store import Warehouse
 
 EXPERIMENT_RUNS_SQL = "SELECT DISTINCT run_id FROM commits WHERE starts_with(run_id, $prefix) ORDER BY run_id"
+EVALUATED_SQL = "SELECT DISTINCT run_id FROM eval_summary WHERE list_contains($runs, run_id)"
 EVAL_KEYS_SQL = """
 SELECT suite, protocol_hash, count(DISTINCT run_id) AS runs FROM eval_summary
 WHERE list_contains($runs, run_id) GROUP BY ALL ORDER BY ALL
@@ -98,6 +99,13 @@ def experiment_runs(root: str | Path, name: str) -> list[str]:
     if not runs:
         raise ValueError(f"no runs of experiment {name!r} (`{name}-<method>-s<seed>`) in the warehouse {root}")
     return runs
+
+
+def evaluated(root: str | Path, run_ids: list[str]) -> list[str]:
+    """The runs among `run_ids` with any held-out evaluation (`eval_summary` rows), in the given order."""
+    with connect(root) as con:
+        found = {row[0] for row in con.execute(EVALUATED_SQL, {"runs": run_ids}).fetchall()}
+    return [run for run in run_ids if run in found]
 
 
 def run_keys(root: str | Path, run_ids: list[str]) -> list[RunKey]:
