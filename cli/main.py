@@ -10,6 +10,7 @@ import sys
 # One module per command group, each with `add_parsers(sub)` that sets `func` on its parsers; in help order.
 COMMAND_MODULES: list[str] = [
     "cli.train",
+    "cli.experiment",
     "cli.runs",
     "cli.grams",
     "cli.eval",

@@ -42,6 +42,12 @@ class TinyModelSection(Section):
     warmup_steps: int = Field(300, ge=0, description="Supervised warm-up steps on the synthetic task's solutions.")
     batch_size: int = Field(16, ge=1, description="Warm-up batch size.")
     lr: float = Field(6e-3, gt=0, description="Warm-up peak learning rate (linear warm-up, cosine decay).")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        description="Seed of the policy's init and warm-up; null: run.seed. configs/experiment.yaml fixes it: its "
+        "seeds vary the RL run (prompts, sampling) from one base policy, as the paper's runs start from one model.",
+    )
 
 
 class ModelSection(Section):
@@ -129,6 +135,12 @@ class DataSection(SourceFields):
         None,
         description="Template with `{problem}`: the user message (with use_chat_template and a text prompt) or the "
         "whole prompt; default: the bare problem, or the plain template.",
+    )
+    order_key: str | None = Field(
+        None,
+        description="Seeds the prompt order (with run.seed and the iteration) in place of the run id, so that runs "
+        "with other ids draw the same prompts: `hicra experiment` sets it to the experiment's name, giving every "
+        "method the same prompts per seed. null: the run id.",
     )
     use_chat_template: bool = Field(
         False,
@@ -497,6 +509,11 @@ class RunConfig(Section):
     trainer: TrainerSection = Field(default_factory=TrainerSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     orchestration: OrchestrationSection = Field(default_factory=OrchestrationSection)
+
+    @property
+    def order_key(self) -> str:
+        """What seeds the prompt order with run.seed and the iteration: data.order_key, else the run id."""
+        return self.data.order_key or self.run.id
 
     def config_hash(self) -> str:
         """Hash of every field that changes what a run computes (not `NOT_HASHED`: its length, where it runs)."""

@@ -22,7 +22,7 @@ from hicra.verifier import EXTRACTORS, Verifier
 from schemas.config import GPU_TAG, NOT_HASHED, ConfigError, RunConfig
 from warehouse.store import AlreadyCommitted, Busy, Warehouse
 
-console = Console(highlight=False)
+console = Console(highlight=False, emoji=False)  # no emoji codes: suite `synthetic:100` printed `synthetic💯`
 
 
 @contextmanager
@@ -182,6 +182,8 @@ def freeze_run_config(config: RunConfig, force: bool = False) -> None:
     if old_digest == digest:
         return
     changed = _changed_fields(old_yaml, config.to_yaml())
+    if not changed:  # only fields added since the run started, at a null default: the same computation
+        return
     if not force:
         raise RunConfigMismatch(
             f"run {config.run.id!r} was started with another config (hash {old_digest}, now {digest}); "

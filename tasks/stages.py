@@ -65,14 +65,16 @@ def prepare_policy(config: RunConfig) -> str:
         def progress(step: int, total: int, loss: float) -> None:
             status.update(f"warming up the tiny policy: step {step}/{total}, loss {loss:.3f}")
 
-        path = build_tiny_policy(**config.model.tiny.model_dump(), seed=config.run.seed, progress=progress)
+        tiny = config.model.tiny
+        seed = config.run.seed if tiny.seed is None else tiny.seed
+        path = build_tiny_policy(**tiny.model_dump(exclude={"seed"}), seed=seed, progress=progress)
     return str(path)
 
 
 def _data_position(config: RunConfig, sizes: dict[str, int], iteration: int) -> dict:
     """Where iteration `iteration` starts reading each training source (hicra.data.mixture_position)."""
     run, weights = config.run, {s.name: s.weight for s in config.data.sources} or {"": 1.0}
-    return mixture_position(sizes, weights, config.rollout.prompts_per_iteration, run.id, run.seed, iteration)
+    return mixture_position(sizes, weights, config.rollout.prompts_per_iteration, config.order_key, run.seed, iteration)
 
 
 def _check_data_position(store: Warehouse, config: RunConfig, iteration: int, sizes: dict[str, int]) -> None:
@@ -140,7 +142,7 @@ def _generate_rounds(
     came from round g // prompts_per_iteration + 1; every round's rollouts are kept (the update drops equal groups).
     """
     run, ro, rounds = config.run, config.rollout, config.algorithm.dynamic_sampling_rounds
-    prompts = mixture_prompts(mixture, ro.prompts_per_iteration, run.id, run.seed, iteration)
+    prompts = mixture_prompts(mixture, ro.prompts_per_iteration, config.order_key, run.seed, iteration)
     rows: list[RolloutRow] = []
     rewards: list[float] = []
     for round_ in range(1, rounds + 1):
@@ -153,7 +155,7 @@ def _generate_rounds(
         if len(groups[mixed_groups(torch.tensor(rewards), groups)].unique()) >= ro.prompts_per_iteration:
             break
         used = {r.prompt_id for r in rows}
-        prompts = refill_prompts(mixture, ro.prompts_per_iteration, run.id, run.seed, iteration, round_, used)
+        prompts = refill_prompts(mixture, ro.prompts_per_iteration, config.order_key, run.seed, iteration, round_, used)
         if not prompts:
             break
     return rows, round_

@@ -9,10 +9,12 @@ from deepspeed.runtime.config import DeepSpeedConfig
 from hicra.cache import resolve_model_path
 from hicra.trainer import deepspeed_config, init_distributed
 from schemas.config import load_config
+from schemas.experiment import load_experiment
 from tasks.stages import _update_config
 from tests.conftest import ROOT, DataParallel
 
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+EXPERIMENTS = sorted((ROOT / "configs").glob("experiment*.yaml"))  # grids of runs (`hicra experiment`)
+CONFIGS = sorted(set((ROOT / "configs").rglob("*.yaml")) - set(EXPERIMENTS))
 PAPER = {
     "qwen3-4b-base": "Qwen/Qwen3-4B-Base",
     "qwen3-4b-instruct-2507": "Qwen/Qwen3-4B-Instruct-2507",
@@ -26,6 +28,13 @@ def test_config_loads_and_its_templates_render(path):
     for template in (config.data.template, config.eval.protocol.template):
         if template:
             assert "A PROBLEM" in template.format(problem="A PROBLEM")
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.name for p in EXPERIMENTS])
+def test_experiment_and_its_runs_validate(path):
+    experiment = load_experiment(path)
+    assert len(experiment.runs) == len(experiment.config.methods) * len(experiment.config.seeds)
+    assert {config.data.order_key for config in experiment.runs.values()} == {experiment.config.name}
 
 
 METHODS = {  # file suffix: (advantage, entropy_coef)
