@@ -222,7 +222,9 @@ def placebo_grams(strategic: Sequence[str], texts: Sequence[str], seed: int) -> 
 
     Drawn uniformly, seeded, from the distinct n-grams of each length in the texts that are neither a Strategic Gram
     nor hold one (`GramMatcher(strategic)` finds nothing in them), so the placebo's matches are never planning
-    phrases. Raises ValueError naming the length when the texts have too few such n-grams.
+    phrases. Where the texts have too few n-grams of a length (a small or templated corpus), the shortfall is drawn
+    from the other lengths' left-over n-grams, so the set keeps its size, and `params["short"]` records it; a
+    ValueError when the texts have too few n-grams in all.
     """
     lengths = Counter(gram_words(g) for g in {normalise_gram(g) for g in strategic})
     if not lengths:
@@ -233,20 +235,29 @@ def placebo_grams(strategic: Sequence[str], texts: Sequence[str], seed: int) -> 
         counts.update(word_ngrams(text, min(lengths), max(lengths)))
     rng = random.Random(seed)
     grams: list[str] = []
+    left: list[str] = []  # candidates not drawn, for lengths the corpus has too few of
+    short: dict[str, int] = {}
     for n in sorted(lengths):
         pool = sorted(g for g in counts if g.count(" ") == n - 1 and not matcher.find(g))
-        if len(pool) < lengths[n]:
-            raise ValueError(
-                f"placebo: the Strategic Gram set has {lengths[n]} grams of {n} words but the corpus ({len(texts)} "
-                f"texts) has only {len(pool)} other distinct {n}-word n-grams"
-            )
-        grams += sorted(rng.sample(pool, lengths[n]))
+        drawn = rng.sample(pool, min(lengths[n], len(pool)))
+        grams += sorted(drawn)
+        left += sorted(set(pool) - set(drawn))
+        if len(drawn) < lengths[n]:
+            short[str(n)] = lengths[n] - len(drawn)
+    missing = sum(short.values())
+    if missing > len(left):
+        raise ValueError(
+            f"placebo: the Strategic Gram set has {sum(lengths.values())} grams but the corpus ({len(texts)} texts) "
+            f"has only {len(grams) + len(left)} other distinct n-grams of {min(lengths)}-{max(lengths)} words"
+        )
+    grams += sorted(rng.sample(left, missing))  # a small corpus: the set's size kept, its length mix not quite
     params = {
         "kind": "placebo",
         "of": grams_version(strategic),
         "seed": seed,
         "lengths": {str(n): lengths[n] for n in sorted(lengths)},
         "corpus_size": len(texts),
+        "short": short,
         "model": "",
     }
     cluster = dict.fromkeys(grams, NO_CLUSTER)

@@ -35,12 +35,12 @@ class RunSection(Section):
 
 
 class TinyModelSection(Section):
-    hidden_size: int = Field(64, ge=8, description="Hidden size of the tiny Llama policy.")
-    num_layers: int = Field(2, ge=1, description="Transformer layers.")
+    hidden_size: int = Field(128, ge=8, description="Hidden size of the tiny Llama policy.")
+    num_layers: int = Field(4, ge=1, description="Transformer layers.")
     num_heads: int = Field(4, ge=1, description="Attention heads.")
-    intermediate_size: int = Field(256, ge=8, description="MLP width.")
-    warmup_steps: int = Field(300, ge=0, description="Supervised warm-up steps on the synthetic task's solutions.")
-    batch_size: int = Field(16, ge=1, description="Warm-up batch size.")
+    intermediate_size: int = Field(512, ge=8, description="MLP width.")
+    warmup_steps: int = Field(1500, ge=0, description="Supervised warm-up steps on the synthetic task's solutions.")
+    batch_size: int = Field(8, ge=1, description="Warm-up batch size.")
     lr: float = Field(6e-3, gt=0, description="Warm-up peak learning rate (linear warm-up, cosine decay).")
     seed: int | None = Field(
         None,

@@ -492,10 +492,19 @@ def test_placebo_has_the_sets_size_and_length_distribution_and_no_planning_phras
     assert placebo_grams(strategic, PLACEBO_CORPUS, seed=4).grams != placebo.grams
 
 
+def test_placebo_keeps_the_size_when_a_length_is_short():
+    """Too few 2-word n-grams: the shortfall comes from the 1-word ones, recorded, so the set keeps its size."""
+    from hicra.mining import placebo_grams
+
+    placebo = placebo_grams(["a b", "c d", "e f", "g"], ["one two three"], seed=0)
+    assert {"one two", "two three"} <= set(placebo.grams) and len(set(placebo.grams)) == 4
+    assert placebo.params["short"] == {"2": 1}
+
+
 def test_placebo_refuses_a_corpus_too_small():
     from hicra.mining import placebo_grams
 
-    with pytest.raises(ValueError, match="3 grams of 2 words but the corpus .* only 1 other distinct 2-word"):
+    with pytest.raises(ValueError, match="has 3 grams but the corpus .* only 1 other distinct n-grams of 2-2 words"):
         placebo_grams(["a b", "c d", "e f"], ["one two"], seed=0)
     with pytest.raises(ValueError, match="empty"):
         placebo_grams([], PLACEBO_CORPUS, seed=0)

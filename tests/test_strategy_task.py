@@ -60,7 +60,7 @@ def test_strategy_column_is_filled_and_one_query_gives_the_shares(small_run) -> 
     shares = query(
         root,
         "SELECT iteration, strategy, count(*) / sum(count(*)) OVER (PARTITION BY iteration) AS share "
-        "FROM planning GROUP BY ALL ORDER BY ALL",
+        "FROM planning GROUP BY 1, 2 ORDER BY 1, 2",
     ).to_pylist()
     for iteration in {row["iteration"] for row in shares}:
         assert abs(sum(r["share"] for r in shares if r["iteration"] == iteration) - 1) < 1e-9
