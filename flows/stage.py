@@ -25,7 +25,7 @@ def run_stage_in_process(config: RunConfig, stage: Stage, iteration: int, base_m
     """Run one stage's task in this process, with the config's stage timeout as a backstop."""
     options = {"timeout_seconds": config.orchestration.stage_timeout_s}
     if stage == "eval":
-        evaluate_iteration.with_options(**options)(config, iteration)
+        evaluate_iteration.with_options(**options)(config, iteration, base_model_dir)
     else:
         STAGE_TASKS[stage].with_options(**options)(config, iteration, base_model_dir)
 

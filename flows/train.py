@@ -20,7 +20,7 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run
 
 from flows.stage import run_stage_in_process
-from schemas.config import STAGES, RunConfig, Stage, load_config
+from schemas.config import BASE_ITERATION, STAGES, RunConfig, Stage, load_config
 from tasks.common import console, freeze_run_config, open_warehouse, validate_registered_names
 from tasks.evaluate import pending_eval_stages
 from tasks.stages import prepare_policy
@@ -99,7 +99,8 @@ def run_stage_where_configured(config: RunConfig, stage: Stage, iteration: int, 
 
 
 def run_iterations(config: RunConfig, force: bool = False) -> list[dict]:
-    """Run (or resume) every iteration of the configured run; returns the per-iteration summaries.
+    """Run (or resume) every iteration of the configured run; returns the per-iteration summaries, after the
+    starting policy's (iteration -1: its held-out accuracy only) when `eval.first` evaluates it.
 
     The run's lock is held throughout: a second start of the same run id while this one lives is refused at once
     (a killed run frees it, so its resume is not).
@@ -110,6 +111,13 @@ def run_iterations(config: RunConfig, force: bool = False) -> list[dict]:
         freeze_run_config(config, force=force)
         base_model_dir = prepare_policy(config)
         progress = create_progress_artifact(progress=0.0, key=_artifact_key(config.run.id, "progress"))
+        start = []  # the starting policy's evaluation (eval.first): the baseline row of the summary table
+        if config.eval.first and config.eval.every:
+            started = time.perf_counter()
+            console.print(f"[bold]starting policy[/bold] (run {config.run.id}): held-out evaluation")
+            run_stage_where_configured(config, "eval", BASE_ITERATION, base_model_dir)
+            start = [summarize(config, BASE_ITERATION)]
+            console.print(iteration_line(start[0], time.perf_counter() - started), soft_wrap=True)
         summaries = []
         for iteration in range(config.run.iterations):
             started = time.perf_counter()
@@ -121,7 +129,7 @@ def run_iterations(config: RunConfig, force: bool = False) -> list[dict]:
             summaries.append(summarize(config, iteration))
             report_iteration(config, summaries, time.perf_counter() - started)
             update_progress_artifact(progress, progress=100.0 * (iteration + 1) / config.run.iterations)
-    return summaries
+    return start + summaries
 
 
 def _flow_run_name() -> str:

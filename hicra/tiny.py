@@ -29,8 +29,9 @@ from transformers import (
 
 from hicra.cache import build_once, default_cache_dir
 from hicra.prompts import PLAIN_TEMPLATE
+from schemas.config import TinyModelSection
 
-TASK_VERSION = "strategy-v1"
+TASK_VERSION = "strategy-v2"
 """Bump when the task text, tokenizer recipe or training recipe changes: it is part of the cache key."""
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
@@ -56,7 +57,6 @@ STRATEGIES = {
 down into manageable steps`, `a more direct approach is`). Repeated addition takes k - 1 running sums whose count
 the model must keep; multiplication takes one table fact. The phrase is the first thing a solution says, so the
 choice of method is the policy's first decision."""
-REST = "Now we need to add the other {items}:"
 CONCLUSION = "So the answer is"
 
 NAMES = ["Tom", "Sara", "Ben", "Mia", "Leo", "Ana", "Sam", "Eva"]
@@ -67,9 +67,11 @@ TEMPLATES = [
     ("shelf", "shelves", "books"),
     ("pack", "packs", "cards"),
 ]
-"""(container, containers, items) of the word problems: `k containers with b items in each and c more items`."""
+"""(container, containers, items) of the word problems: `k containers with b items in each`."""
 
 Progress = Callable[[int, int, float], None]
+DEFAULT = TinyModelSection()
+"""The default settings (`model.tiny` of the run config): the one place they are written."""
 
 
 def _split_of(template: int, numbers: list[int]) -> str:
@@ -78,16 +80,15 @@ def _split_of(template: int, numbers: list[int]) -> str:
     return "eval" if zlib.crc32(key) % EVAL_SHARE == 0 else "train"
 
 
-def _solution(strategy: str, k: int, b: int, c: int, words: dict[str, str]) -> str:
-    """The worked solution of `k containers with b items in each and c more` by one method."""
+def _solution(strategy: str, k: int, b: int, words: dict[str, str]) -> str:
+    """The worked solution of `k containers with b items in each` by one method."""
     parts = [STRATEGIES[strategy].format(**words)]
     if strategy == "add":
         sums = [f"{b * i} + {b} = {b * (i + 1)}" for i in range(1, k)]
         parts.append(", ".join(sums) + ".")
     else:
         parts.append(f"{k} * {b} = {k * b}.")
-    parts.append(f"{REST.format(**words)} {k * b} + {c} = {k * b + c}.")
-    parts.append(f"{CONCLUSION} \\boxed{{{k * b + c}}}.")
+    parts.append(f"{CONCLUSION} \\boxed{{{k * b}}}.")
     return " ".join(parts)
 
 
@@ -97,19 +98,19 @@ def _problem(seed: int, split: str, index: int) -> dict:
     rng = random.Random(f"hicra-tiny:{seed}:{split}:{index}")
     while True:
         template = rng.randrange(len(TEMPLATES))
-        k, b, c = rng.randint(3, 9), rng.randint(2, 9), rng.randint(1, 9)
-        if _split_of(template, [k, b, c]) == split:
+        k, b = rng.randint(3, 9), rng.randint(2, 9)
+        if _split_of(template, [k, b]) == split:
             break
     container, containers, items = TEMPLATES[template]
     words = {"container": container, "containers": containers, "items": items}
     name = rng.choice(NAMES)
     problem = (
-        f"{name} has {k} {containers} with {b} {items} in each {container} and {c} more {items}. "
+        f"{name} has {k} {containers} with {b} {items} in each {container}. "
         f"How many {items} does {name} have?"
     )
     strategy = rng.choice(sorted(STRATEGIES))
-    solution = _solution(strategy, k, b, c, words)
-    return {"id": f"synth-{split}-{index}", "problem": problem, "answer": str(k * b + c), "solution": solution,
+    solution = _solution(strategy, k, b, words)
+    return {"id": f"synth-{split}-{index}", "problem": problem, "answer": str(k * b), "solution": solution,
             "strategy": strategy}  # fmt: skip
 
 
@@ -233,13 +234,13 @@ def _build(folder: Path, settings: dict, progress: Progress | None) -> None:
 def build_tiny_policy(
     out_dir: Path | None = None,
     *,
-    hidden_size: int = 128,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    intermediate_size: int = 512,
-    warmup_steps: int = 1500,
-    batch_size: int = 8,
-    lr: float = 6e-3,
+    hidden_size: int = DEFAULT.hidden_size,
+    num_layers: int = DEFAULT.num_layers,
+    num_heads: int = DEFAULT.num_heads,
+    intermediate_size: int = DEFAULT.intermediate_size,
+    warmup_steps: int = DEFAULT.warmup_steps,
+    batch_size: int = DEFAULT.batch_size,
+    lr: float = DEFAULT.lr,
     seed: int = 0,
     cache_dir: Path | None = None,
     progress: Progress | None = None,

@@ -32,6 +32,7 @@ class UpdateConfig:
     loss) and `RolloutSection` (temperature), built by `schemas.config.from_sections` (tests/test_config.py keeps the
     defaults equal); `norm_length` is rollout.max_new_tokens, `seed` the iteration's."""
 
+    optimizer: str = "adamw"  # adamw | sgd
     lr: float = 1e-4
     weight_decay: float = 0.0
     mini_batch_size: int = 32
@@ -93,7 +94,7 @@ def deepspeed_config(config: UpdateConfig, world_size: int, precision: str, cuda
     `gradient_accumulation_steps` is nominal (micro-batches by token budget vary in number).
 
     Optimizer: torch's AdamW (no JIT build), except with optimizer offload on GPUs: DeepSpeed's CPU Adam, several times
-    faster on the CPU-held fp32 state (its op is compiled on first use).
+    faster on the CPU-held fp32 state (its op is compiled on first use); or torch's SGD (`optimizer: sgd`).
     """
     accumulation = -(-config.mini_batch_size // config.micro_batch_size)
     zero: dict = {"stage": config.zero_stage}
@@ -106,19 +107,20 @@ def deepspeed_config(config: UpdateConfig, world_size: int, precision: str, cuda
         "train_micro_batch_size_per_gpu": config.micro_batch_size,
         "gradient_accumulation_steps": accumulation,
         "gradient_clipping": config.max_grad_norm,
-        "optimizer": {
-            "type": "AdamW",
-            "params": {
-                "lr": config.lr,
-                "weight_decay": config.weight_decay,
-                "torch_adam": not (config.offload_optimizer and cuda),
-            },
-        },
+        "optimizer": _optimizer(config, cuda),
         "bf16": {"enabled": precision == "bf16"},
         "zero_optimization": zero,
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
+
+
+def _optimizer(config: UpdateConfig, cuda: bool) -> dict:
+    """The DeepSpeed optimizer section: AdamW, or torch.optim.SGD (DeepSpeed builds any torch.optim class by name)."""
+    if config.optimizer == "sgd":
+        return {"type": "SGD", "params": {"lr": config.lr, "weight_decay": config.weight_decay}}
+    torch_adam = not (config.offload_optimizer and cuda)
+    return {"type": "AdamW", "params": {"lr": config.lr, "weight_decay": config.weight_decay, "torch_adam": torch_adam}}
 
 
 def pack_by_tokens(rows: torch.Tensor, lengths: torch.Tensor, max_tokens: int, max_rows: int) -> list[torch.Tensor]:

@@ -39,7 +39,7 @@ class TinyModelSection(Section):
     num_layers: int = Field(4, ge=1, description="Transformer layers.")
     num_heads: int = Field(4, ge=1, description="Attention heads.")
     intermediate_size: int = Field(512, ge=8, description="MLP width.")
-    warmup_steps: int = Field(1500, ge=0, description="Supervised warm-up steps on the synthetic task's solutions.")
+    warmup_steps: int = Field(500, ge=0, description="Supervised warm-up steps on the synthetic task's solutions.")
     batch_size: int = Field(8, ge=1, description="Warm-up batch size.")
     lr: float = Field(6e-3, gt=0, description="Warm-up peak learning rate (linear warm-up, cosine decay).")
     seed: int | None = Field(
@@ -358,8 +358,15 @@ class NodesSection(Section):
 
 
 class TrainerSection(Section):
-    lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the policy update.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw",
+        description="The update's optimizer: `adamw` (the paper's), or plain `sgd` (no momentum), whose steps follow "
+        "the gradient's size per weight; the tiny CPU default uses it: AdamW's per-weight normalised steps move "
+        "every weight by about lr, which wrecks a tiny policy's arithmetic at any lr that learns its method choice "
+        "in a few iterations (docs/strategy-task.md).",
+    )
+    lr: float = Field(1e-4, gt=0, description="Learning rate of the policy update.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay (decoupled for AdamW).")
     mini_batch_size: int = Field(32, ge=1, description="Sequences per optimizer step.")
     micro_batch_size: int = Field(16, ge=1, description="Sequences per forward/backward (gradient accumulation).")
     epochs: int = Field(1, ge=1, description="Passes over an iteration's rollouts.")
@@ -437,7 +444,9 @@ class EvalProtocol(Section):
 class EvalSection(Section):
     every: int = Field(0, ge=0, description="Evaluate the checkpoint of every k-th iteration after its update; 0: off.")
     first: bool = Field(
-        False, description="With `every`: evaluate the first iteration's checkpoint too (the later ones' baseline)."
+        False,
+        description="With `every`: evaluate the starting policy too, before the first update (stored as iteration "
+        "-1): the later evaluations' baseline.",
     )
     suites: list[str] = Field(
         default_factory=lambda: ["synthetic"],
@@ -448,13 +457,16 @@ class EvalSection(Section):
 
     def due(self, iteration: int) -> bool:
         """Whether the checkpoint of `iteration` (from 0) is evaluated after its update."""
-        return self.every > 0 and (iteration % self.every == self.every - 1 or (self.first and iteration == 0))
+        return self.every > 0 and iteration % self.every == self.every - 1
 
 
 Stage = Literal["rollout", "verify", "annotate", "update", "eval"]
 """A stage of one iteration: the `STAGES`, then `eval` every `eval.every` iterations (one commit per suite)."""
 STAGES: tuple[Stage, ...] = tuple(stage for stage in get_args(Stage) if stage != "eval")
 """The stages every iteration runs, in this order, each one commit: the only place the order is written."""
+BASE_ITERATION = -1
+"""The iteration of a policy before any update: a run's starting policy (evaluated with `eval.first`), or a model
+folder outside any run (`hicra eval --model`)."""
 GPU_TAG = "gpu"
 """Prefect task tag of the stages that use the accelerator (rollout, update, eval): a tag concurrency limit on it
 (`hicra serve` creates one with 1 slot) keeps two runs from sharing a GPU; with no limit defined it does nothing."""

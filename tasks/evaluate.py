@@ -34,7 +34,7 @@ from hicra.evaluate import (
 from hicra.generate import HFGenerator
 from hicra.grams import GramMatcher
 from hicra.metrics import semantic_entropy
-from schemas.config import GPU_TAG, EvalProtocol, PlanningSection, RunConfig
+from schemas.config import BASE_ITERATION, GPU_TAG, EvalProtocol, PlanningSection, RunConfig
 from schemas.tables import EvalResultRow, MetricRow, to_table
 from tasks.common import console, local_checkpoint, open_warehouse, progress_bar, run_unless_committed, shared_verifier
 from tasks.mining import planning_grams, planning_strategies
@@ -42,7 +42,6 @@ from warehouse.catalog import query
 from warehouse.store import Warehouse
 
 EVAL_TASK = {"cache_policy": NO_CACHE, "retries": 0}
-MODEL_ITERATION = -1
 
 
 @dataclass(frozen=True)
@@ -84,12 +83,12 @@ def model_checkpoint(model_dir: str) -> Checkpoint:
         raise FileNotFoundError(f"{model_dir} is not an HF model folder (no config.json)")
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.name).strip("_") or "model"
     digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]
-    return Checkpoint(f"model-{name}-{digest}", MODEL_ITERATION, str(path), DEFAULT_MAX_NEW_TOKENS)
+    return Checkpoint(f"model-{name}-{digest}", BASE_ITERATION, str(path), DEFAULT_MAX_NEW_TOKENS)
 
 
 def _local_folder(store: Warehouse, checkpoint: Checkpoint) -> Path:
     """The checkpoint's HF folder on this machine (a run's export from a remote root is downloaded once)."""
-    if checkpoint.iteration == MODEL_ITERATION:
+    if checkpoint.iteration == BASE_ITERATION:
         return Path(checkpoint.path)
     return local_checkpoint(store, checkpoint.run_id, checkpoint.iteration, "hf")
 
@@ -251,10 +250,15 @@ def evaluate_checkpoint(
 
 
 @task(name="evaluate-iteration", task_run_name="{config.run.id}-i{iteration}-eval", tags=[GPU_TAG], **EVAL_TASK)
-def evaluate_iteration(config: RunConfig, iteration: int) -> list[dict]:
-    """Training's periodic evaluation: the iteration's checkpoint on the run's `eval` suites and protocol."""
+def evaluate_iteration(config: RunConfig, iteration: int, base_model_dir: str) -> list[dict]:
+    """Training's periodic evaluation: the iteration's checkpoint on the run's `eval` suites and protocol; at
+    BASE_ITERATION the run's starting policy `base_model_dir` (the baseline of the later evaluations)."""
     store, ev = open_warehouse(config), config.eval
-    checkpoint = run_checkpoint(store, config.run.id, iteration)
+    if iteration == BASE_ITERATION:
+        path = str(Path(base_model_dir).resolve())
+        checkpoint = Checkpoint(config.run.id, iteration, path, config.rollout.max_new_tokens, config.planning)
+    else:
+        checkpoint = run_checkpoint(store, config.run.id, iteration)
     suites = [load_suite(spec, ev.limit) for spec in ev.suites]
     vc = config.verifier
     return _evaluate(store, checkpoint, suites, ev.protocol, config.rollout.batch_size, vc.workers, vc.timeout_s)

@@ -8,7 +8,7 @@ from prefect.cache_policies import NO_CACHE
 from rich import box
 from rich.table import Table
 
-from schemas.config import RunConfig
+from schemas.config import BASE_ITERATION, RunConfig
 from warehouse.catalog import query
 
 SUMMARY_COLUMNS = {
@@ -40,12 +40,22 @@ def summarize(config: RunConfig, iteration: int) -> dict:
         config.run.warehouse,
         f"SELECT *, (SELECT avg(avg_at_k) FROM eval_summary {where}) AS eval_accuracy FROM iteration_summary {where}",
     ).to_pylist()
+    if not rows and iteration == BASE_ITERATION:  # the starting policy: evaluated, never trained
+        rows = query(
+            config.run.warehouse,
+            f"SELECT run_id, iteration, avg(avg_at_k) AS eval_accuracy FROM eval_summary {where} GROUP BY ALL",
+        ).to_pylist()
     if not rows:
         return {}
     evals = query(
         config.run.warehouse, f"SELECT suite, semantic_entropy FROM eval_summary {where} ORDER BY protocol_hash"
     ).to_pylist()
     return rows[0] | {f"semantic_entropy_eval_{e['suite']}": e["semantic_entropy"] for e in evals}
+
+
+def _label(iteration: int | None) -> str:
+    """An iteration as the console shows it: `start` for the starting policy (BASE_ITERATION)."""
+    return "start" if iteration == BASE_ITERATION else str(iteration)
 
 
 def _cell(row: dict, key: str, fmt: str) -> str:
@@ -65,7 +75,7 @@ def iteration_line(row: dict, seconds: float) -> str:
     `#3 acc 0.250 eval 0.310 pass@G 0.50 len 41 plan 0.083 loss -0.0081 12s`; NULL (no update yet, not
     evaluated) is `-`; the reward is in the table at the end."""
     cells = " ".join(f"{label} {_cell(row, key, fmt)}" for key, (label, fmt) in LINE_COLUMNS.items())
-    return f"#{row.get('iteration')} {cells} {duration(seconds)}"
+    return f"#{_label(row.get('iteration'))} {cells} {duration(seconds)}"
 
 
 def summary_table(rows: list[dict]) -> Table:
@@ -75,5 +85,5 @@ def summary_table(rows: list[dict]) -> Table:
     for label, _ in SUMMARY_COLUMNS.values():
         table.add_column(label, justify="right", no_wrap=True)
     for row in rows:
-        table.add_row(str(row.get("iteration")), *(_cell(row, key, fmt) for key, (_, fmt) in SUMMARY_COLUMNS.items()))
+        table.add_row(_label(row.get("iteration")), *(_cell(row, key, fmt) for key, (_, fmt) in SUMMARY_COLUMNS.items()))
     return table

@@ -64,4 +64,4 @@ def test_synthetic_prompt_order_is_pinned():
     problems = load_training_problems(DataSection(), seed=0)
     chosen = prompts_for_iteration(problems, 8, "t", 0, 0)
     assert [p.id for p in chosen[:3]] == ["synth-train-94", "synth-train-4326", "synth-train-1807"]
-    assert chosen[0].answer == "79"  # the problem's text is the task's (TASK_VERSION strategy-v1); its id is the order
+    assert chosen[0].answer == "18"  # the problem's text is the task's (TASK_VERSION strategy-v2); its id is the order

@@ -196,8 +196,12 @@ def test_hicra_grade_extractors_flag(tmp_path, capsys):
 
 
 def test_training_evaluates_every_k_iterations(small_run, warehouse_copy):
-    """eval.every = 2 evaluates iteration 1 only; eval settings are outside the config hash, so the run resumes."""
+    """eval.every = 2 evaluates iteration 1 only; eval settings are outside the config hash, so the run resumes.
+    eval.first adds the starting policy (iteration -1, before any update): the summaries' first row, `start`."""
     from flows.train import train
+    from schemas.config import load_config
+    from tasks.stages import prepare_policy
+    from tasks.summary import iteration_line
 
     _, config_path, _ = small_run
     config = yaml.safe_load(config_path.read_text())
@@ -208,3 +212,15 @@ def test_training_evaluates_every_k_iterations(small_run, warehouse_copy):
     train(config_path=str(path))
     assert [iteration for iteration, _ in eval_commits(warehouse_copy)] == [1]
     assert query(warehouse_copy, "select count(*) n from eval_results").to_pylist() == [{"n": 2}]
+
+    config["eval"]["first"] = True
+    path.write_text(yaml.safe_dump(config))
+    summaries = train(config_path=str(path))
+    assert sorted(iteration for iteration, _ in eval_commits(warehouse_copy)) == [-1, 1]
+    assert [row["iteration"] for row in summaries] == [-1, 0, 1]
+    start = query(warehouse_copy, "select avg_at_k from eval_summary where iteration = -1").to_pylist()
+    paths = query(warehouse_copy, "select distinct checkpoint_path from eval_results where iteration = -1").to_pylist()
+    assert summaries[0]["eval_accuracy"] == start[0]["avg_at_k"]
+    base = Path(prepare_policy(load_config(path))).resolve()
+    assert paths == [{"checkpoint_path": str(base)}]  # the policy before any update
+    assert iteration_line(summaries[0], 1.0).startswith("#start acc - eval ")

@@ -28,15 +28,16 @@ def test_warm_up_data_mixes_the_methods_and_addition_is_the_long_one() -> None:
     assert set(counts) == set(tiny.STRATEGIES)
     assert 0.45 <= counts["add"] / len(problems) <= 0.55
     steps = {name: [p["solution"].count(" = ") for p in problems if p["strategy"] == name] for name in counts}
-    assert set(steps["multiply"]) == {2}  # one product, then the rest
-    assert min(steps["add"]) == 3 and max(steps["add"]) == 9  # k - 1 running sums (k from 3 to 9), then the rest
+    assert set(steps["multiply"]) == {1}  # one product
+    assert min(steps["add"]) == 2 and max(steps["add"]) == 8  # k - 1 running sums (k from 3 to 9)
 
 
 def test_strategy_is_recognised_from_the_response_text() -> None:
     for problem in tiny.synthetic_problems(300, seed=2) + tiny.synthetic_problems(100, seed=2, split="eval"):
         assert tiny.strategy_of(problem["solution"]) == problem["strategy"]
         assert tiny.strategy_of(problem["solution"].lower()) == problem["strategy"]
-    add, multiply = tiny.synthetic_problems(2, seed=0)[0]["solution"], tiny.synthetic_problems(3, seed=0)[2]["solution"]
+    by_method = {p["strategy"]: p["solution"] for p in tiny.synthetic_problems(20, seed=0)}
+    add, multiply = by_method["add"], by_method["multiply"]
     assert tiny.strategy_of(multiply + " " + add) == "multiply"  # the first announced method counts
     assert tiny.strategy_of("7 * 8 = 56. So the answer is \\boxed{56}.") is None
     assert tiny.strategy_of("") is None

@@ -67,12 +67,12 @@ def test_train_and_eval_splits_are_disjoint() -> None:
 def test_solutions_have_correct_arithmetic_and_end_in_the_boxed_answer() -> None:
     for p in tiny.synthetic_problems(500, seed=1) + tiny.synthetic_problems(100, seed=1, split="eval"):
         answer = int(p["answer"])
-        k, b, c = map(int, re.findall(r"\d+", p["problem"]))
-        assert answer == k * b + c and 3 <= k <= 9 and 2 <= b <= 9 and 1 <= c <= 9
+        k, b = map(int, re.findall(r"\d+", p["problem"]))
+        assert answer == k * b and 3 <= k <= 9 and 2 <= b <= 9
         assert p["solution"].endswith(f"So the answer is \\boxed{{{p['answer']}}}.")
         assert tiny.last_boxed(p["solution"]) == p["answer"]
         equations = re.findall(r"(\d+) ([-+*]) (\d+) = (\d+)", p["solution"])
-        assert len(equations) >= 2  # the method's steps, then adding the rest
+        assert len(equations) == (1 if p["strategy"] == "multiply" else k - 1)  # one product, or k - 1 sums
         for a, op, b_, result in equations:
             assert OPS[op](int(a), int(b_)) == int(result)
         assert int(equations[-1][3]) == answer  # the last step computes the answer
@@ -80,10 +80,10 @@ def test_solutions_have_correct_arithmetic_and_end_in_the_boxed_answer() -> None
 
 def test_every_planning_phrasing_contains_a_strategic_gram() -> None:
     grams = _strategic_grams()
-    for phrase in [*tiny.STRATEGIES.values(), tiny.REST, tiny.CONCLUSION]:
+    for phrase in [*tiny.STRATEGIES.values(), tiny.CONCLUSION]:
         assert _sg_matches(phrase, grams), phrase
     for p in tiny.synthetic_problems(50, seed=0):
-        assert len(_sg_matches(p["solution"], grams)) >= 3
+        assert len(_sg_matches(p["solution"], grams)) >= 2  # the method, then the conclusion
 
 
 def test_tokenizer_splits_digits_and_round_trips() -> None:
@@ -173,7 +173,15 @@ def test_out_dir_is_used_and_guarded(tmp_path: Path) -> None:
 
 
 @pytest.mark.demo
-def test_default_policy_solves_some_but_not_all() -> None:
+def test_default_policy_mixes_methods_whose_success_differs() -> None:
+    """The warmed-up default solves some problems but not all, picks each method often, and one method succeeds
+    far more often than the other (measured: add 70%, multiply 33%): the choice RL can learn (docs/strategy-task.md)."""
     folder = tiny.build_tiny_policy()  # the shared cache: `make test-demo` then `make demo` builds it once
-    accuracy = tiny.tiny_accuracy(folder, n=200, temperature=1.0)
-    assert 0.2 <= accuracy <= 0.6
+    samples = tiny.tiny_samples(folder, n=200, temperature=1.0)
+    assert 0.3 <= sum(correct for _, correct in samples) / len(samples) <= 0.7
+    success = {}
+    for method in tiny.STRATEGIES:
+        picked = [correct for strategy, correct in samples if strategy == method]
+        assert 0.3 <= len(picked) / len(samples) <= 0.7, method
+        success[method] = sum(picked) / len(picked)
+    assert abs(success["add"] - success["multiply"]) >= 0.2, success

@@ -99,3 +99,30 @@ def test_gpu_deepspeed_config_validates():
 def test_bad_trainer_options_name_the_field(overrides, field):
     with pytest.raises(ConfigError, match=field):
         load_config(None, **overrides)
+
+
+def test_sgd_steps_follow_the_gradient(tmp_path):
+    """`optimizer: sgd` is plain SGD: a weight's change is -lr * its gradient, so doubling lr doubles every change
+    (up to the second-order effect of the update's later micro-steps), while AdamW's first step moves every trained weight by about lr whatever its gradient's size."""
+    from safetensors.torch import load_file
+
+    model_dir = build_tiny_policy(**TEST_MODEL)
+    one_step = dataclasses.replace(BASE, epochs=1, mini_batch_size=12, max_grad_norm=1e9)
+    changes = {}
+    for name, config in {
+        "sgd": dataclasses.replace(one_step, optimizer="sgd", lr=0.5),
+        "sgd2": dataclasses.replace(one_step, optimizer="sgd", lr=1.0),
+        "adamw": dataclasses.replace(one_step, lr=1e-3),
+    }.items():
+        run_update(random_update_request(model_dir, tmp_path / name, config))
+        start, end = load_file(model_dir / "model.safetensors"), load_file(tmp_path / name / "hf" / "model.safetensors")
+        changes[name] = torch.cat([(end[k] - start[k]).flatten() for k in sorted(start)])
+    assert changes["sgd"].abs().max() > 0
+    assert torch.allclose(changes["sgd2"], 2 * changes["sgd"], rtol=1e-2, atol=1e-6)
+
+    def spread(change: torch.Tensor) -> float:  # 90th over 10th percentile of the weights' moves
+        moved = change.abs()[change != 0]
+        return float(moved.quantile(0.9) / moved.quantile(0.1))
+
+    assert spread(changes["adamw"]) < 2  # sign-like: about lr for every weight
+    assert spread(changes["sgd"]) > 10  # in proportion to each weight's gradient
