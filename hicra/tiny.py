@@ -104,10 +104,7 @@ def _problem(seed: int, split: str, index: int) -> dict:
     container, containers, items = TEMPLATES[template]
     words = {"container": container, "containers": containers, "items": items}
     name = rng.choice(NAMES)
-    problem = (
-        f"{name} has {k} {containers} with {b} {items} in each {container}. "
-        f"How many {items} does {name} have?"
-    )
+    problem = f"{name} has {k} {containers} with {b} {items} in each {container}. How many {items} does {name} have?"
     strategy = rng.choice(sorted(STRATEGIES))
     solution = _solution(strategy, k, b, words)
     return {"id": f"synth-{split}-{index}", "problem": problem, "answer": str(k * b), "solution": solution,

@@ -85,5 +85,6 @@ def summary_table(rows: list[dict]) -> Table:
     for label, _ in SUMMARY_COLUMNS.values():
         table.add_column(label, justify="right", no_wrap=True)
     for row in rows:
-        table.add_row(_label(row.get("iteration")), *(_cell(row, key, fmt) for key, (_, fmt) in SUMMARY_COLUMNS.items()))
+        cells = (_cell(row, key, fmt) for key, (_, fmt) in SUMMARY_COLUMNS.items())
+        table.add_row(_label(row.get("iteration")), *cells)
     return table

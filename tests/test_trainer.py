@@ -103,7 +103,8 @@ def test_bad_trainer_options_name_the_field(overrides, field):
 
 def test_sgd_steps_follow_the_gradient(tmp_path):
     """`optimizer: sgd` is plain SGD: a weight's change is -lr * its gradient, so doubling lr doubles every change
-    (up to the second-order effect of the update's later micro-steps), while AdamW's first step moves every trained weight by about lr whatever its gradient's size."""
+    (up to the second-order effect of the update's later micro-steps), while AdamW's first step moves every trained
+    weight by about lr whatever its gradient's size."""
     from safetensors.torch import load_file
 
     model_dir = build_tiny_policy(**TEST_MODEL)
