@@ -14,7 +14,7 @@ forward-pass ceiling (one batched forward over as many tokens as a rollout sampl
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
 import subprocess
 import sys
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from transformers.utils import logging as hf_logging
 
@@ -113,9 +114,9 @@ def forward_ceiling(model_dir: Path, tokens: int, length: int) -> tuple[float, f
 
 
 def parameters(model_dir: Path) -> int:
-    config = json.loads((model_dir / "config.json").read_text())
-    model = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in config.items() if k != "architectures"}))
-    return model.num_parameters()
+    """The policy's parameter count, from its safetensors header (tied weights are stored once): no model built."""
+    with safe_open(model_dir / "model.safetensors", "pt") as weights:
+        return sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())  # noqa: SIM118
 
 
 def report(size: Size, iterations: int, warehouse: Path, started: float, model_dir: Path, peak: float) -> None:
@@ -127,7 +128,8 @@ def report(size: Size, iterations: int, warehouse: Path, started: float, model_d
     any_row = next(iter(rows.values()))
     generated, seen, trained = any_row["generated"], any_row["seen"], any_row["trained"]
     ceiling, load = forward_ceiling(model_dir, tokens=int(generated / iterations), length=128)
-    print(f"\n{size.name}: {iterations} iterations, {parameters(model_dir) / 1e6:.1f}M parameters, wall {wall:.1f} s")
+    n_parameters = parameters(model_dir)
+    print(f"\n{size.name}: {iterations} iterations, {n_parameters / 1e6:.1f}M parameters, wall {wall:.1f} s")
     print(f"{'stage':<10}{'s/iter':>8}{'tok/s':>10}{'share':>8}")
     per_stage_tokens = {"rollout": generated, "update": trained}
     for stage, row in sorted(rows.items(), key=lambda item: STAGES.index(item[0])):
@@ -144,7 +146,7 @@ def report(size: Size, iterations: int, warehouse: Path, started: float, model_d
     )
     update = rows.get("update")
     if update:
-        achieved = 6 * parameters(model_dir) * seen / update["seconds"]
+        achieved = 6 * n_parameters * seen / update["seconds"]
         print(f"update: {achieved / 1e9:.2f} GFLOP/s = {achieved / peak:.1%} of the matmul's {peak / 1e9:.1f}")
     rollout = rows.get("rollout")
     if rollout:

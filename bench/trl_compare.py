@@ -121,32 +121,36 @@ def verifier_reward(verifier: Verifier, max_length: int) -> RewardFn:
     return reward
 
 
+@contextmanager
+def timed(seconds: dict[str, float], name: str) -> Iterator[None]:
+    """Add the wall time of the block to `seconds[name]` (a defaultdict(float), or a dict that has `name`)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
+
+
 class TimedTrainer(PolicyTrainer):
     """hicra's PolicyTrainer with the wall time of each of its phases added to `TimedTrainer.seconds`."""
 
     seconds: dict[str, float] = defaultdict(float)
 
     def __init__(self, *args, **kwargs):
-        started = time.perf_counter()
-        super().__init__(*args, **kwargs)
-        self.seconds["engine build"] += time.perf_counter() - started
+        with timed(self.seconds, "engine build"):
+            super().__init__(*args, **kwargs)
 
     def old_logprobs(self, rollouts):
-        started = time.perf_counter()
-        out = super().old_logprobs(rollouts)
-        self.seconds["old log-probs"] += time.perf_counter() - started
-        return out
+        with timed(self.seconds, "old log-probs"):
+            return super().old_logprobs(rollouts)
 
     def update(self, *args, **kwargs):
-        started = time.perf_counter()
-        out = super().update(*args, **kwargs)
-        self.seconds["optimizer steps"] += time.perf_counter() - started
-        return out
+        with timed(self.seconds, "optimizer steps"):
+            return super().update(*args, **kwargs)
 
     def save(self, *args, **kwargs):
-        started = time.perf_counter()
-        super().save(*args, **kwargs)
-        self.seconds["checkpoint save"] += time.perf_counter() - started
+        with timed(self.seconds, "checkpoint save"):
+            super().save(*args, **kwargs)
 
 
 @contextmanager
@@ -178,16 +182,14 @@ class HicraIterations:
         jobs = [(g, k) for g in range(len(problems)) for k in range(s.group)]
         seeds = [derive_seed("trl-bench", s.seed, iteration, g, k) for g, k in jobs]
         seconds["load policy"] = time.perf_counter() - started
-        mark = time.perf_counter()
-        outs = generator.generate(
-            [prompt_ids[g] for g, _ in jobs], seeds, s.max_new_tokens, s.temperature, 1.0, batch_size=s.sequences
-        )
-        seconds["generate"] = time.perf_counter() - mark
-        mark = time.perf_counter()
-        rewards = self.reward(
-            [o.text for o in outs], [o.token_ids for o in outs], [problems[g]["answer"] for g, _ in jobs]
-        )
-        seconds["reward"] = time.perf_counter() - mark
+        with timed(seconds, "generate"):
+            outs = generator.generate(
+                [prompt_ids[g] for g, _ in jobs], seeds, s.max_new_tokens, s.temperature, 1.0, batch_size=s.sequences
+            )
+        with timed(seconds, "reward"):
+            rewards = self.reward(
+                [o.text for o in outs], [o.token_ids for o in outs], [problems[g]["answer"] for g, _ in jobs]
+            )
         save_to = self.workdir / f"hicra-{iteration}"
         request = UpdateRequest(
             base_model_dir=str(self.base), resume_from=self.resume, save_to=str(save_to),
@@ -197,10 +199,8 @@ class HicraIterations:
             trainer=s.update_config(derive_seed("trl-bench-update", s.seed, iteration)),
         )  # fmt: skip
         del generator
-        mark = time.perf_counter()
-        with timed_update() as phases:
+        with timed(seconds, "update"), timed_update() as phases:
             run_update(request)
-        seconds["update"] = time.perf_counter() - mark
         seconds.update(phases)
         seconds["iteration"] = time.perf_counter() - started
         self.policy, self.resume = save_to / "hf", str(save_to / "deepspeed")
@@ -259,15 +259,12 @@ def _trainer_class() -> type:
             self._rewards: torch.Tensor | None = None
 
         def _generate(self, prompts):
-            started = time.perf_counter()
-            out = super()._generate(prompts)
-            self.seconds["generate"] += time.perf_counter() - started
-            return out
+            with timed(self.seconds, "generate"):
+                return super()._generate(prompts)
 
         def _calculate_rewards(self, *args, **kwargs):
-            started = time.perf_counter()
-            out = super()._calculate_rewards(*args, **kwargs)
-            self.seconds["reward"] += time.perf_counter() - started
+            with timed(self.seconds, "reward"):
+                out = super()._calculate_rewards(*args, **kwargs)
             self._rewards = out[:, 0].detach().clone()
             return out
 
@@ -279,9 +276,8 @@ def _trainer_class() -> type:
             return out
 
         def _generate_and_score_completions(self, inputs):
-            started = time.perf_counter()
-            out = super()._generate_and_score_completions(inputs)
-            self.seconds["generate and score"] += time.perf_counter() - started
+            with timed(self.seconds, "generate and score"):
+                out = super()._generate_and_score_completions(inputs)
             if self.first_batch is None:
                 self.first_batch = {k: v.clone() for k, v in out.items() if isinstance(v, torch.Tensor)}
                 self.first_batch["rewards"] = self._rewards

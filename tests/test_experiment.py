@@ -30,7 +30,8 @@ RUNS = ["mini-grpo-s0", "mini-hicra-s0", "mini-grpo-s1", "mini-hicra-s1"]  # the
 
 
 def write_experiment(folder: Path, **changes: object) -> Path:
-    """A mini grid over the small test policy: grpo and hicra, seeds 0 and 1, 2 iterations, evaluated each."""
+    """A mini grid over the small test policy: grpo and hicra, seeds 0 and 1, 2 iterations, evaluated each and
+    before the first."""
     base = small_config(folder / "wh", run_id="unused")
     (folder / "base.yaml").write_text(yaml.safe_dump(base))
     spec = {
@@ -41,6 +42,7 @@ def write_experiment(folder: Path, **changes: object) -> Path:
         "iterations": 2,
         "overrides": {
             "eval.every": 1,
+            "eval.first": True,
             "eval.suites": ["synthetic:6"],
             "rollout.prompts_per_iteration": 4,
             "model.tiny.seed": 0,
@@ -163,7 +165,7 @@ def test_report_numbers_equal_sql_over_the_warehouse(grid):
         assert (line.mean[k], line.low[k], line.high[k]) == pytest.approx(
             (statistics.mean(values), min(values), max(values))
         )
-    assert line.iterations == [0, 1]
+    assert line.iterations == [-1, 0, 1]  # from the starting policy (eval.first)
     # strategy shares (the tiny task's planning.strategy): per method and iteration the mean share over seeds
     shares = query(root, "select run_id, iteration, strategy, count(*) / sum(count(*)) over (partition by run_id, "
                          "iteration) s from planning group by 1, 2, 3").to_pylist()  # fmt: skip

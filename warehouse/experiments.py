@@ -22,14 +22,16 @@ EVAL_KEYS_SQL = """
 SELECT suite, protocol_hash, count(DISTINCT run_id) AS runs FROM eval_summary
 WHERE list_contains($runs, run_id) GROUP BY ALL ORDER BY ALL
 """
-# Per (run, iteration): the training summary with the held-out accuracy of the chosen suite and protocol.
+# Per (run, iteration): the training summary with the held-out accuracy of the chosen suite and protocol; the
+# starting policy (iteration -1, `eval.first`) has a held-out accuracy and no training summary.
 PANEL_SQL = """
 WITH h AS (
     SELECT run_id, iteration, avg_at_k AS heldout_accuracy FROM eval_summary
-    WHERE suite = $suite AND protocol_hash = $protocol
-)
-SELECT s.*, h.heldout_accuracy FROM iteration_summary s LEFT JOIN h USING (run_id, iteration)
-WHERE list_contains($runs, s.run_id) ORDER BY s.run_id, s.iteration
+    WHERE suite = $suite AND protocol_hash = $protocol AND list_contains($runs, run_id)
+), s AS (SELECT * FROM iteration_summary WHERE list_contains($runs, run_id))
+SELECT coalesce(s.run_id, h.run_id) AS run_id, coalesce(s.iteration, h.iteration) AS iteration,
+       s.* EXCLUDE (run_id, iteration), h.heldout_accuracy
+FROM s FULL JOIN h ON s.run_id = h.run_id AND s.iteration = h.iteration ORDER BY 1, 2
 """
 # The last iteration that every run evaluated (the iteration compared as "final").
 FINAL_ITERATION_SQL = """
