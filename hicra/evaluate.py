@@ -2,7 +2,9 @@
 
 The paper's protocol (arXiv 2509.03646, after DeepSeek-R1): temperature 0.6, top-p 0.95, the mean reward over
 32 samples on AIME24/25 and 4 on AMC23 (one elsewhere), strict matching of the last `\\boxed{}`. Every sample's seed
-derives from (checkpoint, suite, problem, sample), so an evaluation is reproducible whatever the batching.
+derives from (suite, problem, sample, protocol seed), so an evaluation is reproducible whatever the batching, and
+every checkpoint is sampled with the same random numbers (common random numbers): two checkpoints' accuracies differ
+by what the policies do, not by which seeds they drew, and one policy evaluated in two runs scores the same.
 `SuiteSettings.digest()` names everything that decides a suite's results, the problems evaluated included.
 """
 
@@ -139,7 +141,6 @@ def evaluate_suite(
     verifier: Verifier,
     suite: Suite,
     settings: SuiteSettings,
-    checkpoint_id: str,
     batch_size: int = 64,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[EvalSample]:
@@ -150,7 +151,7 @@ def evaluate_suite(
         )
     prompt_ids = generator.encode_prompts([render(p.problem, generator.tokenizer, settings) for p in suite.problems])
     jobs = [(problem, s) for problem in range(len(suite.problems)) for s in range(settings.samples)]
-    seeds = [derive_seed("eval", checkpoint_id, suite.name, suite.problems[p].id, s, settings.seed) for p, s in jobs]
+    seeds = [derive_seed("eval", suite.name, suite.problems[p].id, s, settings.seed) for p, s in jobs]
     outputs = generator.generate(
         [prompt_ids[p] for p, _ in jobs],
         seeds,

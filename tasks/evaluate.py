@@ -181,7 +181,7 @@ def _evaluate_suite(
         def progress(done: int, tokens: int) -> None:
             advance(done, f"{tokens} tokens")
 
-        samples = evaluate_suite(generator(), verifier, suite, settings, checkpoint.id, batch_size, progress)
+        samples = evaluate_suite(generator(), verifier, suite, settings, batch_size, progress)
     digest = settings.digest()
     stage = eval_stage(suite.name, digest)
     table = to_table(EvalResultRow, _rows(checkpoint, digest, samples, suite.name))

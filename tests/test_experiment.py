@@ -166,6 +166,10 @@ def test_report_numbers_equal_sql_over_the_warehouse(grid):
             (statistics.mean(values), min(values), max(values))
         )
     assert line.iterations == [-1, 0, 1]  # from the starting policy (eval.first)
+    # one base policy, sampled with the same seeds (common random numbers): every run's start is the same answers
+    starts = query(root, "select run_id, list(response order by problem_id, sample_index) answers from eval_results "
+                         "where iteration = -1 group by 1").to_pylist()  # fmt: skip
+    assert len(starts) == 4 and len({tuple(r["answers"]) for r in starts}) == 1
     # strategy shares (the tiny task's planning.strategy): per method and iteration the mean share over seeds
     shares = query(root, "select run_id, iteration, strategy, count(*) / sum(count(*)) over (partition by run_id, "
                          "iteration) s from planning group by 1, 2, 3").to_pylist()  # fmt: skip
