@@ -40,7 +40,7 @@ def warehouse_root(args: argparse.Namespace, must_exist: bool = False) -> str:
 
 
 def config_warehouse(args: argparse.Namespace) -> str | None:
-    """The warehouse root of a command that runs a config (`train`, `update-node`): --warehouse, else
+    """The warehouse root of a command that runs a config (`train`, `experiment`, `update-node`): --warehouse, else
     $HICRA_WAREHOUSE, else None (the config's `run.warehouse`)."""
     return args.warehouse or os.environ.get("HICRA_WAREHOUSE")
 

@@ -30,13 +30,16 @@ def _flow_run_name() -> str:
 
 
 @flow(name="hicra-experiment", flow_run_name=_flow_run_name)
-def experiment(config_path: str = "configs/experiment.yaml", force: bool = False) -> list[str]:
-    """Run (or resume) every run of the experiment; returns their run ids in the order they ran.
+def experiment(
+    config_path: str = "configs/experiment.yaml", force: bool = False, warehouse: str | None = None
+) -> list[str]:
+    """Run (or resume) every run of the experiment (in `warehouse` if given, else the file's or the base config's);
+    returns their run ids in the order they ran.
 
     `force` resumes runs whose config changed since they started (recorded in the warehouse), as `hicra train
     --force`; without it such a run fails with the fields that changed.
     """
-    exp = load_experiment(config_path)
+    exp = load_experiment(config_path, warehouse)
     total, failed = len(exp.runs), {}
     for index, ((method, seed), config) in enumerate(exp.runs.items(), start=1):
         console.print(f"[bold]experiment {exp.config.name}: run {index}/{total}[/bold] {config.run.id}")

@@ -133,8 +133,9 @@ class Experiment:
         return config
 
 
-def load_experiment(path: str | Path) -> Experiment:
-    """Read and validate an experiment file, and every run config it makes (so a bad override fails before any run)."""
+def load_experiment(path: str | Path, warehouse: str | None = None) -> Experiment:
+    """Read and validate an experiment file, and every run config it makes (so a bad override fails before any run);
+    `warehouse`, if given, replaces the file's (`hicra experiment --warehouse`, $HICRA_WAREHOUSE)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"experiment config not found: {path}")
@@ -142,6 +143,8 @@ def load_experiment(path: str | Path) -> Experiment:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if warehouse is not None and isinstance(raw, dict):
+        raw["warehouse"] = warehouse
     try:
         config = ExperimentConfig.model_validate(raw)
     except ValidationError as err:

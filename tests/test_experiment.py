@@ -227,3 +227,9 @@ def test_runs_started_before_data_order_key_resume(tmp_path):
     changed = load_config(None, **{"run.warehouse": str(tmp_path / "wh"), "run.id": "old", "data.order_key": "x"})
     with pytest.raises(RunConfigMismatch, match=r"changed: data\.order_key"):
         freeze_run_config(changed)
+
+
+def test_warehouse_given_on_the_command_line_holds_every_run(tmp_path):
+    """`hicra experiment --warehouse W` (or $HICRA_WAREHOUSE) puts every run in W, as `hicra train` does."""
+    experiment = load_experiment(write_experiment(tmp_path), str(tmp_path / "elsewhere"))
+    assert {config.run.warehouse for config in experiment.runs.values()} == {str(tmp_path / "elsewhere")}
