@@ -23,6 +23,7 @@ from flows.stage import run_stage_in_process
 from schemas.config import STAGES, RunConfig, Stage, load_config
 from tasks.common import console, freeze_run_config, open_warehouse, validate_registered_names
 from tasks.evaluate import pending_eval_stages
+from tasks.resident import resident_session
 from tasks.stages import prepare_policy
 from tasks.summary import iteration_line, summarize
 from warehouse.report import inline_markdown
@@ -111,16 +112,17 @@ def run_iterations(config: RunConfig, force: bool = False) -> list[dict]:
         base_model_dir = prepare_policy(config)
         progress = create_progress_artifact(progress=0.0, key=_artifact_key(config.run.id, "progress"))
         summaries = []
-        for iteration in range(config.run.iterations):
-            started = time.perf_counter()
-            console.print(f"[bold]iteration {iteration + 1}/{config.run.iterations}[/bold] (run {config.run.id})")
-            for stage in STAGES:
-                run_stage_where_configured(config, stage, iteration, base_model_dir)
-            if config.eval.due(iteration):
-                run_stage_where_configured(config, "eval", iteration, base_model_dir)
-            summaries.append(summarize(config, iteration))
-            report_iteration(config, summaries, time.perf_counter() - started)
-            update_progress_artifact(progress, progress=100.0 * (iteration + 1) / config.run.iterations)
+        with resident_session(config):  # the policy stays loaded across the stages run here (trainer.resident)
+            for iteration in range(config.run.iterations):
+                started = time.perf_counter()
+                console.print(f"[bold]iteration {iteration + 1}/{config.run.iterations}[/bold] (run {config.run.id})")
+                for stage in STAGES:
+                    run_stage_where_configured(config, stage, iteration, base_model_dir)
+                if config.eval.due(iteration):
+                    run_stage_where_configured(config, "eval", iteration, base_model_dir)
+                summaries.append(summarize(config, iteration))
+                report_iteration(config, summaries, time.perf_counter() - started)
+                update_progress_artifact(progress, progress=100.0 * (iteration + 1) / config.run.iterations)
     return summaries
 
 
