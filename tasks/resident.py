@@ -1,6 +1,6 @@
 """The resident policy: the DeepSpeed engine (weights and optimizer state) and the rollout's generator kept loaded
 across stages and iterations in the training flow's process (trainer.resident), instead of loaded from the last
-checkpoint by every stage.
+checkpoint by every stage; the training datasets too, instead of loaded by every rollout.
 
 Exactness: what is held is tagged with the committed update whose checkpoint it equals (the commit record), and a
 stage uses it only for that checkpoint: the engine after this process committed the update that trained it, the
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from schemas.config import RunConfig
 
 if TYPE_CHECKING:  # torch, transformers and DeepSpeed load with the stages, not with every command
+    from hicra.data import Source
     from hicra.generate import HFGenerator
     from hicra.trainer import PolicyTrainer
     from warehouse.store import StageCommit
@@ -34,7 +35,7 @@ def _tag(update: StageCommit | None) -> tuple | None:
 
 class ResidentPolicy:
     """What one training flow holds for its run (one warehouse, one run id): the engine and the HF generator, each
-    with the `_tag` of the committed update whose checkpoint its weights are."""
+    with the `_tag` of the committed update whose checkpoint its weights are, and the training mixture."""
 
     def __init__(self, warehouse: str, run_id: str):
         self.warehouse, self.run_id = warehouse, run_id
@@ -42,6 +43,7 @@ class ResidentPolicy:
         self.trainer_update: tuple | None = None
         self.hf_generator: HFGenerator | None = None
         self.generator_update: tuple | None = None
+        self.mixture: list[Source] | None = None
 
     def serves(self, config: RunConfig) -> bool:
         return (config.run.warehouse, config.run.id) == (self.warehouse, self.run_id)
@@ -69,6 +71,13 @@ class ResidentPolicy:
                 self.hf_generator = load()
             self.generator_update = tag
         return self.hf_generator
+
+    def training_mixture(self, load: Callable[[], list[Source]]) -> list[Source]:
+        """The run's training sources, loaded once (`load()`): a dataset that changes under a running run is not
+        read again (a later start of the run checks that its size is still the one the last checkpoint saved)."""
+        if self.mixture is None:
+            self.mixture = load()
+        return self.mixture
 
     def drop(self) -> None:
         self.trainer = self.trainer_update = self.hf_generator = self.generator_update = None

@@ -117,7 +117,7 @@ def rollout(store: Warehouse, config: RunConfig, iteration: int, base_model_dir:
     """Sample G responses for each of the iteration's prompts with the previous iteration's policy (more rounds of
     prompts with DAPO's refill, see `_generate_rounds`), at this iteration's response limit (`_context_limit`)."""
     run = config.run
-    mixture = load_training_mixture(config.data, run.seed)
+    mixture = _training_mixture(config)
     sizes = {source.name: len(source.problems) for source in mixture}
     _check_data_position(store, config, iteration, sizes)
     limit = _context_limit(store, config, iteration)
@@ -130,6 +130,16 @@ def rollout(store: Warehouse, config: RunConfig, iteration: int, base_model_dir:
     tables = {"rollouts": to_table(RolloutRow, rows), "metrics": _metrics_table(config, iteration, "rollout", metrics)}
     store.commit_stage(run.id, iteration, "rollout", tables, info)
     return f"{len(rows)} responses, {sum(r.response_length for r in rows)} tokens"
+
+
+def _training_mixture(config: RunConfig) -> list[Source]:
+    """The run's training sources: loaded here, or once per run where the training flow keeps them resident."""
+
+    def load() -> list[Source]:
+        return load_training_mixture(config.data, config.run.seed)
+
+    held = resident(config)
+    return load() if held is None else held.training_mixture(load)
 
 
 def _generate_rounds(
