@@ -209,7 +209,7 @@ def main() -> None:
         for k, run in enumerate(runs):
             warehouse = folder / f"warehouse-{name}-{k + 1}"
             if args.compare:
-                print(f"\nrun {k + 1} of {name}: --set {' --set '.join(run.overrides) or '(none)'}")
+                print(f"\nrun {k + 1} of {name}: {f'--set {args.compare}' if k else 'without --compare'}")
             started = run_training(run, iterations, warehouse)
             numbers.append(report(run, iterations, warehouse, started, Path(model_dir), peak))
         if args.compare:
