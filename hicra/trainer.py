@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import math
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -397,8 +396,7 @@ class PolicyTrainer:
                     for key, value in parts.items():
                         totals[key] += float(value.detach()) * weight
                 totals = self._sum_over_ranks(totals)
-                grad_norm = self._grad_norm()
-                self.engine.step()
+                grad_norm = self._step()
                 metrics = {
                     "step": len(steps),
                     "epoch": epoch,
@@ -434,15 +432,16 @@ class PolicyTrainer:
         mine = per_rank[self.rank]
         return [(mine[k], 1.0) if k < len(mine) else (mini[:1], 0.0) for k in range(count)]
 
-    def _grad_norm(self) -> float:
-        """L2 norm of the step's gradient before clipping (DeepSpeed reports none for ZeRO 0/1 in fp32)."""
-        reported = self.engine.get_global_grad_norm()
-        if reported is not None and math.isfinite(float(reported)):
-            return float(reported)
+    def _step(self) -> float:
+        """The optimizer step; returns the L2 norm of its gradient before clipping: from the gradients where the
+        module holds them (ZeRO 0-1), else the norm DeepSpeed computed in the step (ZeRO 2-3 partition them; read
+        before the step, DeepSpeed's norm is the previous step's)."""
         grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
-        if not grads:
-            return float("nan")
-        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else None
+        self.engine.step()
+        if norm is None:
+            norm = self.engine.get_global_grad_norm()
+        return float("nan") if norm is None else float(norm)
 
     def _sum_over_ranks(self, totals: dict[str, float]) -> dict[str, float]:
         if self.world_size == 1:
