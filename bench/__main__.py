@@ -1,6 +1,7 @@
 """Bench runner: where a training run's wall time goes, stage by stage, at the tiny default and at a ~20M CPU size.
 
     python -m bench [--sizes tiny,20m] [--iterations 6] [--large-iterations 2] [--keep DIR]
+                    [--set FIELD=VALUE ...] [--compare FIELD=VALUE]
 
 For each size it runs `hicra train` as a subprocess (what a user types) on a fresh warehouse, reads the stage
 attempts, rollouts and train steps back with SQL, and prints per stage its seconds per iteration, tokens/s and
@@ -9,6 +10,10 @@ Loading (the policy from its checkpoint, a DeepSpeed engine) is timed apart in t
 pay it each iteration. Against the hardware, in the same process: the update's achieved FLOP/s (6 x parameters x
 trained tokens / update seconds) over a large fp32 matmul's, and generation tokens/s over the policy's
 forward-pass ceiling (one batched forward over as many tokens as a rollout samples, no cache).
+
+`--set` overrides config fields in every run (`model.tiny.*` also choose the tiny policy the bench loads);
+`--compare FIELD=VALUE` runs each size a second time, right after the first, with that override too (for example
+`trainer.resident=false`: every stage loading the last checkpoint) and prints the two runs' ratios.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from transformers.utils import logging as hf_logging
 
+from cli.common import parse_override
 from hicra.tiny import build_tiny_policy
 from schemas.config import STAGES
 from warehouse.catalog import query
@@ -65,12 +71,16 @@ def run_training(size: Size, iterations: int, warehouse: Path) -> float:
     """Run `hicra train` as a subprocess; returns the Unix time at which the command was started."""
     command = [
         sys.executable, "-m", "cli", "train", "--config", str(ROOT / "configs" / "tiny.yaml"),
-        "--run-id", f"bench-{size.name}", "--iterations", str(iterations), "--warehouse", str(warehouse),
+        "--run-id", run_id(size), "--iterations", str(iterations), "--warehouse", str(warehouse),
         "--set", "eval.every=0", *(arg for item in size.overrides for arg in ("--set", item)),
     ]  # fmt: skip
     started = time.time()
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, env={**os.environ, "COLUMNS": "80"})
     return started
+
+
+def run_id(size: Size) -> str:
+    return f"bench-{size.name}"
 
 
 def stage_rows(warehouse: Path, run_id: str) -> list[dict]:
@@ -119,8 +129,9 @@ def parameters(model_dir: Path) -> int:
         return sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())  # noqa: SIM118
 
 
-def report(size: Size, iterations: int, warehouse: Path, started: float, model_dir: Path, peak: float) -> None:
-    rows = {r["stage"]: r for r in stage_rows(warehouse, f"bench-{size.name}")}
+def report(size: Size, iterations: int, warehouse: Path, started: float, model_dir: Path, peak: float) -> dict:
+    """Print the run's table; returns its wall, start, stage and seam seconds (for `--compare`)."""
+    rows = {r["stage"]: r for r in stage_rows(warehouse, run_id(size))}
     first = min(r["first_start"] for r in rows.values()).timestamp()
     last = max(r["last_end"] for r in rows.values()).timestamp()
     wall = last - started
@@ -152,6 +163,21 @@ def report(size: Size, iterations: int, warehouse: Path, started: float, model_d
     if rollout:
         rate = generated / rollout["seconds"]
         print(f"generation: {rate:.0f} tok/s = {rate / ceiling:.1%} of the forward ceiling {ceiling:.0f} tok/s")
+    return {"wall": wall, "start": first - started, "stages": inside, "seams": seams, "loop": last - first}
+
+
+def print_ratios(name: str, override: str, base: dict, other: dict) -> None:
+    """The first run's seconds over the second's (`--compare`), per quantity of `report`."""
+    print(f"\n{name}: run 1 / run 2 ({override}), seconds over seconds")
+    for key, value in base.items():
+        print(f"{key:<10}{value:>8.2f} / {other[key]:>8.2f} = {value / other[key]:.2f}")
+
+
+def tiny_policy(overrides: list[str]) -> Path:
+    """The tiny policy of the runs: the default, or the one the `model.tiny.*` overrides choose."""
+    settings = dict(parse_override(item) for item in overrides)
+    prefix = "model.tiny."
+    return build_tiny_policy(**{k.removeprefix(prefix): v for k, v in settings.items() if k.startswith(prefix)})
 
 
 def main() -> None:
@@ -160,6 +186,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=6, help="iterations of the tiny run")
     parser.add_argument("--large-iterations", type=int, default=2, help="iterations of the 20m run")
     parser.add_argument("--keep", type=Path, help="keep the warehouses (and the 20m policy) under this folder")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override in every run")
+    parser.add_argument("--compare", metavar="FIELD=VALUE", help="run each size again with this override")
     args = parser.parse_args()
     hf_logging.disable_progress_bar()
     folder = args.keep or Path(tempfile.mkdtemp(prefix="hicra-bench-"))
@@ -171,16 +199,23 @@ def main() -> None:
     )
     for name in args.sizes.split(","):
         if name == "tiny":
-            size, iterations, model_dir = Size("tiny", ()), args.iterations, build_tiny_policy()
+            size, iterations, model_dir = Size("tiny", tuple(args.set)), args.iterations, tiny_policy(args.set)
         elif name == "20m":
             model_dir = large_policy(folder / "policy-20m")
-            overrides = ("model.kind=hf", f"model.path={model_dir}", "rollout.max_new_tokens=512")
+            overrides = ("model.kind=hf", f"model.path={model_dir}", "rollout.max_new_tokens=512", *args.set)
             size, iterations = Size("20m", overrides), args.large_iterations
         else:
             raise SystemExit(f"unknown size {name!r}: tiny or 20m")
-        warehouse = folder / f"warehouse-{name}"
-        started = run_training(size, iterations, warehouse)
-        report(size, iterations, warehouse, started, Path(model_dir), peak)
+        runs = [size] + ([Size(size.name, (*size.overrides, args.compare))] if args.compare else [])
+        numbers = []
+        for k, run in enumerate(runs):
+            warehouse = folder / f"warehouse-{name}-{k + 1}"
+            if args.compare:
+                print(f"\nrun {k + 1} of {name}: {f'--set {args.compare}' if k else 'without --compare'}")
+            started = run_training(run, iterations, warehouse)
+            numbers.append(report(run, iterations, warehouse, started, Path(model_dir), peak))
+        if args.compare:
+            print_ratios(name, args.compare, *numbers)
 
 
 if __name__ == "__main__":

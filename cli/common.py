@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import sys
+import threading
 from typing import TextIO
 
 import duckdb
@@ -16,7 +17,7 @@ from warehouse.store import ROOT_HELP, Warehouse, default_root
 
 __all__ = [
     "MAX_ROWS", "ROOT_HELP", "add_set_option", "config_warehouse", "parse_override", "prefect_defaults", "print_rows",
-    "warehouse_root", "write_box",
+    "start_temporary_prefect_server", "warehouse_root", "write_box",
 ]  # fmt: skip
 MAX_ROWS = 40  # rows a box shows (the first and last halves), as DuckDB's CLI `.maxrows`
 
@@ -28,6 +29,26 @@ def prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def start_temporary_prefect_server() -> threading.Thread | None:
+    """Start, in a thread, the temporary Prefect API server that a flow run starts when no PREFECT_API_URL is set
+    (Prefect's ephemeral mode: the same per-process server its client then finds running), so that its seconds of
+    start-up overlap the imports of the flow's stages; join the thread before the flow runs. None with a server
+    configured. Should the start fail here, the flow run starts the server itself, as without this."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return None
+
+    def start() -> None:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        SubprocessASGIServer().start()
+
+    thread = threading.Thread(target=start, name="prefect-server-start", daemon=True)
+    thread.start()
+    return thread
 
 
 def warehouse_root(args: argparse.Namespace, must_exist: bool = False) -> str:

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import add_set_option, config_warehouse, parse_override, prefect_defaults
+from cli.common import (
+    add_set_option,
+    config_warehouse,
+    parse_override,
+    prefect_defaults,
+    start_temporary_prefect_server,
+)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     prefect_defaults()
+    server = start_temporary_prefect_server()  # while torch, transformers and DeepSpeed are imported
     from flows.train import train
     from tasks.common import console
     from tasks.summary import summary_table
 
+    if server is not None:
+        server.join()
     summaries = train(
         config_path=args.config,
         run_id=args.run_id,

@@ -23,6 +23,7 @@ from flows.stage import run_stage_in_process
 from schemas.config import BASE_ITERATION, STAGES, RunConfig, Stage, load_config
 from tasks.common import console, freeze_run_config, open_warehouse, validate_registered_names
 from tasks.evaluate import pending_eval_stages
+from tasks.resident import resident_session
 from tasks.stages import prepare_policy
 from tasks.summary import iteration_line, summarize
 from warehouse.report import inline_markdown
@@ -33,18 +34,20 @@ def _artifact_key(run_id: str, what: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", f"{run_id}-{what}".lower())
 
 
-def report_iteration(config: RunConfig, summaries: list[dict], seconds: float) -> None:
-    """Print the iteration's summary line, publish the summaries as Prefect artifacts, and warn loudly when rewards
-    carry no signal; `seconds`: the iteration's wall time."""
+def report_iteration(config: RunConfig, summaries: list[dict], seconds: float, last: bool) -> None:
+    """Print the iteration's summary line, publish the summaries as a Prefect table artifact (and after the `last`
+    iteration their plots: rendering them takes most of a second, `hicra report` draws them any time), and warn
+    loudly when rewards carry no signal; `seconds`: the iteration's wall time."""
     latest = summaries[-1]
     console.print(iteration_line(latest, seconds), soft_wrap=True)
     create_table_artifact(
         table=summaries, key=_artifact_key(config.run.id, "summary"), description=f"Run {config.run.id}: per iteration"
     )
-    create_markdown_artifact(
-        markdown=inline_markdown(config.run.id, summaries), key=_artifact_key(config.run.id, "plots"),
-        description=f"Run {config.run.id}: plots of the per-iteration summary (also `hicra report {config.run.id}`)",
-    )  # fmt: skip
+    if last:
+        create_markdown_artifact(
+            markdown=inline_markdown(config.run.id, summaries), key=_artifact_key(config.run.id, "plots"),
+            description=f"Run {config.run.id}: plots of the per-iteration summary (`hicra report {config.run.id}`)",
+        )  # fmt: skip
     problems = []
     if (latest.get("not_ok_share") or 0) > 0.5:
         problems.append(f"{latest['not_ok_share']:.0%} of the rollouts were not verified `ok` (see `scores.status`)")
@@ -119,16 +122,18 @@ def run_iterations(config: RunConfig, force: bool = False) -> list[dict]:
             start = [summarize(config, BASE_ITERATION)]
             console.print(iteration_line(start[0], time.perf_counter() - started), soft_wrap=True)
         summaries = []
-        for iteration in range(config.run.iterations):
-            started = time.perf_counter()
-            console.print(f"[bold]iteration {iteration + 1}/{config.run.iterations}[/bold] (run {config.run.id})")
-            for stage in STAGES:
-                run_stage_where_configured(config, stage, iteration, base_model_dir)
-            if config.eval.due(iteration):
-                run_stage_where_configured(config, "eval", iteration, base_model_dir)
-            summaries.append(summarize(config, iteration))
-            report_iteration(config, summaries, time.perf_counter() - started)
-            update_progress_artifact(progress, progress=100.0 * (iteration + 1) / config.run.iterations)
+        with resident_session(config):  # the policy stays loaded across the stages run here (trainer.resident)
+            for iteration in range(config.run.iterations):
+                started = time.perf_counter()
+                console.print(f"[bold]iteration {iteration + 1}/{config.run.iterations}[/bold] (run {config.run.id})")
+                for stage in STAGES:
+                    run_stage_where_configured(config, stage, iteration, base_model_dir)
+                if config.eval.due(iteration):
+                    run_stage_where_configured(config, "eval", iteration, base_model_dir)
+                summaries.append(summarize(config, iteration))
+                last = iteration == config.run.iterations - 1
+                report_iteration(config, summaries, time.perf_counter() - started, last)
+                update_progress_artifact(progress, progress=100.0 * (iteration + 1) / config.run.iterations)
     return start + summaries
 
 

@@ -2,15 +2,16 @@
 
 The trainer knows nothing of HICRA: it consumes per-token advantages (N, T) aligned with the response tokens.
 Runs on DeepSpeed's CPU accelerator (gloo, fp32) or on GPUs (NCCL, fp32 or bf16); ZeRO stage, offload, gradient
-checkpointing and micro-batches by count or by token budget come from the config. Each call builds a fresh engine
-from the base model folder and, after the first iteration, loads the previous DeepSpeed checkpoint (weights and
-optimizer state), so an update can run in any process and resume anywhere.
+checkpointing and micro-batches by count or by token budget come from the config. An engine is built from the base
+model folder and, after the first iteration, loads the previous DeepSpeed checkpoint (weights and optimizer state),
+so an update can run in any process and resume anywhere; a caller that runs every update in one process may keep
+the engine for the next iteration instead (`PolicyTrainer.next_iteration`), since it then holds what it would load.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-import math
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -293,12 +294,12 @@ def token_logprobs(
 
 
 class PolicyTrainer:
-    """One iteration's DeepSpeed engine over the policy."""
+    """The DeepSpeed engine over the policy: built for one iteration's update, or kept resident across iterations
+    by the caller (`next_iteration`), which then holds exactly the weights and optimizer state it would load."""
 
     def __init__(self, base_model_dir: Path, config: UpdateConfig, resume_from: Path | None = None):
         init_distributed()
         self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        torch.manual_seed(config.seed)
         self.config = config
         self.base_model_dir = Path(base_model_dir)
         self.precision = resolve_precision(config.precision)
@@ -319,6 +320,25 @@ class PolicyTrainer:
             path, _ = self.engine.load_checkpoint(str(resume_from), tag=CHECKPOINT_TAG)
             if path is None:
                 raise FileNotFoundError(f"no DeepSpeed checkpoint in {resume_from}")
+        self.next_iteration(config)
+
+    def next_iteration(self, config: UpdateConfig) -> None:
+        """Start an iteration's update on this engine: take its settings (only the seed may differ from the ones the
+        engine was built with) and seed torch's generators with its seed. Seeded here, after the engine is built and
+        its checkpoint loaded, so that a fresh engine and one kept resident from the previous iteration draw the same
+        random numbers (dropout) whatever building one consumed."""
+        if dataclasses.replace(config, seed=self.config.seed) != self.config:
+            raise ValueError("a resident trainer's settings other than the seed cannot change between iterations")
+        self.config = config
+        torch.manual_seed(config.seed)
+
+    def copy_weights_to(self, model: torch.nn.Module) -> None:
+        """Copy the policy's weights into `model` (the same architecture, in its own dtype and device): the weights
+        `save` exports to the HF folder, without the trip through the disk (ZeRO stage 0-2: whole on every rank)."""
+        if self.config.zero_stage == 3:
+            raise ValueError("copy_weights_to needs ZeRO stage 0-2 (stage 3 partitions the parameters)")
+        with torch.no_grad():
+            model.load_state_dict(self.engine.module.state_dict())
 
     @torch.no_grad()
     def old_logprobs(self, rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -378,8 +398,7 @@ class PolicyTrainer:
                     for key, value in parts.items():
                         totals[key] += float(value.detach()) * weight
                 totals = self._sum_over_ranks(totals)
-                grad_norm = self._grad_norm()
-                self.engine.step()
+                grad_norm = self._step()
                 metrics = {
                     "step": len(steps),
                     "epoch": epoch,
@@ -415,15 +434,16 @@ class PolicyTrainer:
         mine = per_rank[self.rank]
         return [(mine[k], 1.0) if k < len(mine) else (mini[:1], 0.0) for k in range(count)]
 
-    def _grad_norm(self) -> float:
-        """L2 norm of the step's gradient before clipping (DeepSpeed reports none for ZeRO 0/1 in fp32)."""
-        reported = self.engine.get_global_grad_norm()
-        if reported is not None and math.isfinite(float(reported)):
-            return float(reported)
+    def _step(self) -> float:
+        """The optimizer step; returns the L2 norm of its gradient before clipping: from the gradients where the
+        module holds them (ZeRO 0-1), else the norm DeepSpeed computed in the step (ZeRO 2-3 partition them; read
+        before the step, DeepSpeed's norm is the previous step's)."""
         grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
-        if not grads:
-            return float("nan")
-        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else None
+        self.engine.step()
+        if norm is None:
+            norm = self.engine.get_global_grad_norm()
+        return float("nan") if norm is None else float(norm)
 
     def _sum_over_ranks(self, totals: dict[str, float]) -> dict[str, float]:
         if self.world_size == 1:

@@ -63,8 +63,17 @@ class UpdateResult:
     global_step: int
 
 
-def run_update(request: UpdateRequest) -> UpdateResult:
-    """Old-policy pass, advantages, clipped policy-gradient steps, checkpoint save; in this process (one rank)."""
+def open_trainer(request: UpdateRequest) -> PolicyTrainer:
+    """The update's engine: the base model, with the previous iteration's DeepSpeed checkpoint loaded if any."""
+    resume = Path(request.resume_from) if request.resume_from else None
+    return PolicyTrainer(Path(request.base_model_dir), request.trainer, resume_from=resume)
+
+
+def run_update(request: UpdateRequest, trainer: PolicyTrainer | None = None) -> UpdateResult:
+    """Old-policy pass, advantages, clipped policy-gradient steps, checkpoint save; in this process (one rank).
+
+    `trainer`: an engine that holds exactly the weights and optimizer state of `request.resume_from` (one the
+    caller kept resident since the previous update), started here on this iteration; else `open_trainer(request)`."""
     batch = Rollouts(request.prompt_ids, request.response_ids, request.pad_id)
     width = batch.response_ids.shape[1]
     planning = torch.zeros(len(batch), width)
@@ -72,8 +81,10 @@ def run_update(request: UpdateRequest) -> UpdateResult:
         planning[row, : len(mask)] = torch.tensor(mask, dtype=torch.float32)
     rewards = torch.tensor(request.rewards, dtype=torch.float32)
     group_index = torch.tensor(request.group_index, dtype=torch.long)
-    resume = Path(request.resume_from) if request.resume_from else None
-    trainer = PolicyTrainer(Path(request.base_model_dir), request.trainer, resume_from=resume)
+    if trainer is None:
+        trainer = open_trainer(request)
+    else:
+        trainer.next_iteration(request.trainer)
     old_logprob, entropy, ref_logprob = trainer.old_logprobs(batch)
     advantages, amplified = get_advantage_fn(request.advantage)(
         rewards, group_index, batch.response_mask, planning, entropy, request.advantage_config

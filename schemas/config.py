@@ -397,6 +397,14 @@ class TrainerSection(Section):
         description="Token budget of a micro-batch: sequences, longest first, are packed while rows x longest "
         "sequence (prompt + response) stays within it, and at most micro_batch_size rows; null: fixed counts.",
     )
+    resident: bool = Field(
+        True,
+        description="Keep the policy loaded across stages and iterations when they run in the training flow's process "
+        "(no stage deployments): the DeepSpeed engine with its optimizer state, and the transformers rollout "
+        "generator, which gets the updated weights copied in. Checkpoints are still saved and committed every "
+        "iteration, and results are bit-identical to loading them; false: every stage loads the last checkpoint. "
+        "Updates on several ranks or nodes, or with ZeRO stage 3, always load it.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainerSection:
@@ -502,6 +510,7 @@ NOT_HASHED = (
     "rollout.python",
     "rollout.gpu_memory_utilization",
     "rollout.worker_timeout_s",
+    "trainer.resident",  # bit-identical results either way
     "trainer.nodes.master",
     "trainer.nodes.shared_dir",
 )

@@ -20,6 +20,7 @@ from hicra.core_algos import ADVANTAGES
 from hicra.data import DataError
 from hicra.verifier import EXTRACTORS, Verifier
 from schemas.config import GPU_TAG, NOT_HASHED, ConfigError, RunConfig
+from tasks import resident
 from warehouse.store import AlreadyCommitted, Busy, Warehouse
 
 console = Console(highlight=False, emoji=False)  # no emoji codes: suite `synthetic:100` printed `synthetic💯`
@@ -105,9 +106,13 @@ def stage_task(stage: str, retries: int = 2, gpu: bool = False) -> Callable[[Sta
         def run(config: RunConfig, iteration: int, base_model_dir: str) -> None:
             store = open_warehouse(config)
             started = time.perf_counter()
-            report = run_unless_committed(
-                store, config.run.id, iteration, stage, lambda: fn(store, config, iteration, base_model_dir)
-            )
+            try:
+                report = run_unless_committed(
+                    store, config.run.id, iteration, stage, lambda: fn(store, config, iteration, base_model_dir)
+                )
+            except BaseException:
+                resident.drop()  # the held policy may be past the committed checkpoint: the retry loads that
+                raise
             if report is None:
                 console.print(f"  [dim]iteration {iteration} {stage}: committed, skipped[/dim]")
             else:

@@ -34,8 +34,8 @@ from hicra.rewards import RewardConfig, shaped_reward
 from hicra.smollm2 import smollm2_policy
 from hicra.tiny import build_tiny_policy, strategy_of
 from hicra.trainer import UpdateConfig
-from hicra.update import NodeLaunch, UpdateRequest, run_update, run_update_distributed
-from schemas.config import ConfigError, RolloutSection, RunConfig, from_sections
+from hicra.update import NodeLaunch, UpdateRequest, open_trainer, run_update, run_update_distributed
+from schemas.config import ConfigError, RunConfig, from_sections
 from schemas.tables import (
     AdvantageRow,
     CheckpointRow,
@@ -48,6 +48,7 @@ from schemas.tables import (
 )
 from tasks.common import console, local_checkpoint, policy_dir, progress_bar, shared_verifier, stage_task
 from tasks.mining import planning_grams, planning_strategies, run_placebo_grams
+from tasks.resident import resident
 from warehouse.store import Warehouse
 
 
@@ -115,12 +116,12 @@ def _used_limit(store: Warehouse, config: RunConfig, iteration: int) -> int:
 def rollout(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: str) -> str:
     """Sample G responses for each of the iteration's prompts with the previous iteration's policy (more rounds of
     prompts with DAPO's refill, see `_generate_rounds`), at this iteration's response limit (`_context_limit`)."""
-    run, ro = config.run, config.rollout
-    mixture = load_training_mixture(config.data, run.seed)
+    run = config.run
+    mixture = _training_mixture(config)
     sizes = {source.name: len(source.problems) for source in mixture}
     _check_data_position(store, config, iteration, sizes)
     limit = _context_limit(store, config, iteration)
-    generator = _generator(ro, policy_dir(store, config, iteration, base_model_dir))
+    generator = _generator(store, config, iteration, base_model_dir)
     rows, rounds = _generate_rounds(config, iteration, generator, mixture, limit)
     clip_rate = sum(r.finish_reason == "length" for r in rows) / len(rows)
     metrics = {"max_new_tokens": float(limit), "clip_rate": clip_rate, "generation_rounds": float(rounds)}
@@ -129,6 +130,16 @@ def rollout(store: Warehouse, config: RunConfig, iteration: int, base_model_dir:
     tables = {"rollouts": to_table(RolloutRow, rows), "metrics": _metrics_table(config, iteration, "rollout", metrics)}
     store.commit_stage(run.id, iteration, "rollout", tables, info)
     return f"{len(rows)} responses, {sum(r.response_length for r in rows)} tokens"
+
+
+def _training_mixture(config: RunConfig) -> list[Source]:
+    """The run's training sources: loaded here, or once per run where the training flow keeps them resident."""
+
+    def load() -> list[Source]:
+        return load_training_mixture(config.data, config.run.seed)
+
+    held = resident(config)
+    return load() if held is None else held.training_mixture(load)
 
 
 def _generate_rounds(
@@ -207,8 +218,14 @@ def _sample(
     ]
 
 
-def _generator(ro: RolloutSection, model_dir: Path) -> Generator:
-    """The configured rollout backend over the policy folder `model_dir`."""
+def _generator(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: str) -> Generator:
+    """The configured rollout backend over the policy that generates iteration `iteration` (`policy_dir`); the
+    transformers one kept resident across iterations when the training flow holds the policy (tasks.resident)."""
+    ro, model_dir = config.rollout, policy_dir(store, config, iteration, base_model_dir)
+    held = resident(config)
+    if ro.backend == "hf" and held is not None:
+        update = store.read_commit(config.run.id, iteration - 1, "update") if iteration > 0 else None
+        return held.generator(update, lambda: HFGenerator(model_dir))
     if ro.backend == "vllm":
         return VLLMGenerator(
             model_dir,
@@ -346,10 +363,16 @@ def update(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: 
     if algo.advantage == "placebo":
         placebo = GramMatcher(run_placebo_grams(store, config))
         amplify = [mask for _, mask in _annotate_all(rollouts, tokenizer, placebo)]
+    held, trainer = resident(config), None
+    if held is not None:  # the engine kept since the previous update, if it committed in this process
+        trainer = held.take_trainer(store.read_commit(run.id, iteration - 1, "update") if iteration > 0 else None)
+    resume = None
+    if iteration > 0 and trainer is None:
+        resume = str(local_checkpoint(store, run.id, iteration - 1, "deepspeed"))
     with _update_staging(store, config, iteration) as staging:
         request = UpdateRequest(
             base_model_dir=base_model_dir,
-            resume_from=str(local_checkpoint(store, run.id, iteration - 1, "deepspeed")) if iteration > 0 else None,
+            resume_from=resume,
             save_to=str(staging / "checkpoint"),
             prompt_ids=rollouts["prompt_token_ids"],
             response_ids=rollouts["response_token_ids"],
@@ -368,7 +391,8 @@ def update(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: 
         if nodes.count > 1:
             launch = NodeLaunch(nodes.count, 0, nodes.master)
         if processes == 1 and launch is None:
-            result = run_update(request)
+            trainer = trainer or open_trainer(request)
+            result = run_update(request, trainer)
         else:
             result = run_update_distributed(request, processes, staging, launch)
         store.remove(final)  # a killed attempt may have placed its checkpoint there, uncommitted
@@ -414,7 +438,9 @@ def update(store: Warehouse, config: RunConfig, iteration: int, base_model_dir: 
         "checkpoints": to_table(CheckpointRow, [checkpoint]),
         "metrics": _metrics_table(config, iteration, "update", metrics),
     }
-    store.commit_stage(run.id, iteration, "update", tables, {"data_position": position})
+    commit = store.commit_stage(run.id, iteration, "update", tables, {"data_position": position})
+    if held is not None:
+        held.keep_trainer(trainer, commit)
     loss = sum(s.loss for s in steps) / max(len(steps), 1)
     return f"{len(steps)} optimizer steps, loss {loss:.4f}"
 

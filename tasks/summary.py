@@ -3,13 +3,11 @@ iteration while a run trains, the whole table when it ends (both fit 80 columns)
 
 from __future__ import annotations
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from rich import box
 from rich.table import Table
 
 from schemas.config import BASE_ITERATION, RunConfig
-from warehouse.catalog import query
+from warehouse.catalog import connect_iteration
 
 SUMMARY_COLUMNS = {
     "reward": ("reward", "{:.3f}"),
@@ -29,28 +27,22 @@ LINE_COLUMNS = {"accuracy": ("acc", "{:.3f}"), "eval_accuracy": ("eval", "{:.3f}
 """The per-iteration line's columns: short labels and formats, so that a line fits 80 columns."""
 
 
-@task(name="summarize", task_run_name="{config.run.id}-i{iteration}-summary", cache_policy=NO_CACHE)
 def summarize(config: RunConfig, iteration: int) -> dict:
     """The `iteration_summary` row of one iteration, as a dict, with `eval_accuracy` (the mean avg@k of the
     checkpoint's evaluations on held-out suites; None when it was not evaluated) and the semantic entropy of each
     suite evaluated on its checkpoint (`semantic_entropy_eval_<suite>`, from `eval_summary`; the last protocol's where
-    there are several)."""
-    where = f"WHERE run_id = '{config.run.id}' AND iteration = {int(iteration)}"
-    rows = query(
-        config.run.warehouse,
-        f"SELECT *, (SELECT avg(avg_at_k) FROM eval_summary {where}) AS eval_accuracy FROM iteration_summary {where}",
-    ).to_pylist()
-    if not rows and iteration == BASE_ITERATION:  # the starting policy: evaluated, never trained
-        rows = query(
-            config.run.warehouse,
-            f"SELECT run_id, iteration, avg(avg_at_k) AS eval_accuracy FROM eval_summary {where} GROUP BY ALL",
-        ).to_pylist()
-    if not rows:
-        return {}
-    evals = query(
-        config.run.warehouse, f"SELECT suite, semantic_entropy FROM eval_summary {where} ORDER BY protocol_hash"
-    ).to_pylist()
-    return rows[0] | {f"semantic_entropy_eval_{e['suite']}": e["semantic_entropy"] for e in evals}
+    there are several). Reads the iteration's own files (`connect_iteration`), not the whole warehouse: the cost of
+    a summary does not grow with the run. The starting policy (BASE_ITERATION) has its evaluation only."""
+    with connect_iteration(config.run.warehouse, config.run.id, iteration) as con:
+        rows = con.sql("SELECT *, (SELECT avg(avg_at_k) FROM eval_summary) AS eval_accuracy FROM iteration_summary")
+        rows = rows.to_arrow_table().to_pylist()
+        if not rows and iteration == BASE_ITERATION:
+            start = "SELECT run_id, iteration, avg(avg_at_k) AS eval_accuracy FROM eval_summary GROUP BY ALL"
+            rows = con.sql(start).to_arrow_table().to_pylist()
+        if not rows:
+            return {}
+        evals = con.sql("SELECT suite, semantic_entropy FROM eval_summary ORDER BY protocol_hash").to_arrow_table()
+    return rows[0] | {f"semantic_entropy_eval_{e['suite']}": e["semantic_entropy"] for e in evals.to_pylist()}
 
 
 def _label(iteration: int | None) -> str:

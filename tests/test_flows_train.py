@@ -287,3 +287,57 @@ def test_runs_and_status_commands(trained, capsys):
     assert all(r["update"] is not None for r in status(str(root), "t"))
     assert hicra_main(["status", "t", "--warehouse", str(root)]) == 0
     assert "rollout" in capsys.readouterr().out
+
+
+def test_resident_policy_equals_loading_every_checkpoint(tmp_path, prefect_server, monkeypatch):
+    """Three iterations with the policy resident (the default: one engine and one generator for the run) and with
+    trainer.resident off (every rollout and update loads the last checkpoint): the same rollouts, advantages,
+    train steps and checkpoints, bit for bit, optimizer state included."""
+    import tasks.stages
+
+    loads = []
+
+    def counted(name: str):
+        original = getattr(tasks.stages, name)
+
+        def load(*args, **kwargs):
+            loads.append(name)
+            return original(*args, **kwargs)
+
+        return load
+
+    for name in ("open_trainer", "HFGenerator"):  # what loads a policy: the update's engine, the rollout's generator
+        monkeypatch.setattr(tasks.stages, name, counted(name))
+    roots, counts = {}, {}
+    for resident in (True, False):
+        roots[resident] = tmp_path / f"resident-{resident}"
+        config = small_config(roots[resident], iterations=3, trainer={"resident": resident})
+        train(config_path=str(write_config(tmp_path / f"{resident}.yaml", config)))
+        counts[resident], loads[:] = sorted(loads), []
+    assert counts == {True: ["HFGenerator", "open_trainer"], False: ["HFGenerator"] * 3 + ["open_trainer"] * 3}
+    for table in ("rollouts", "advantages", "train_steps", "checkpoints", "metrics"):
+        assert table_rows(roots[True], table) == table_rows(roots[False], table), table
+    one, two = (Warehouse(root).checkpoint_dir("t", 2) for root in (roots[True], roots[False]))
+    assert Path(one, "hf", "model.safetensors").read_bytes() == Path(two, "hf", "model.safetensors").read_bytes()
+    files = sorted(p.name for p in Path(one, "deepspeed", CHECKPOINT_TAG).glob("*.pt"))
+    assert files == sorted(p.name for p in Path(two, "deepspeed", CHECKPOINT_TAG).glob("*.pt"))
+    for name in files:  # ZeRO stage 0: one file, the weights and the optimizer state
+        states = [torch.load(Path(d, "deepspeed", CHECKPOINT_TAG, name), weights_only=False) for d in (one, two)]
+        _assert_identical(states[0], states[1], name)
+    assert states[0]["global_steps"] == 6 and states[0]["optimizer"]["state"], "2 steps an iteration, Adam's moments"
+
+
+def _assert_identical(one: object, two: object, where: str) -> None:
+    """Nested checkpoint state (dicts, lists, tensors, numbers) equal exactly: tensors by torch.equal."""
+    if isinstance(one, torch.Tensor):
+        assert isinstance(two, torch.Tensor) and one.dtype == two.dtype and torch.equal(one, two), where
+    elif isinstance(one, dict):
+        assert isinstance(two, dict) and one.keys() == two.keys(), where
+        for key in one:
+            _assert_identical(one[key], two[key], f"{where}.{key}")
+    elif isinstance(one, list | tuple):
+        assert type(one) is type(two) and len(one) == len(two), where
+        for k, (a, b) in enumerate(zip(one, two, strict=True)):
+            _assert_identical(a, b, f"{where}[{k}]")
+    else:
+        assert one == two or (one != one and two != two), where

@@ -12,11 +12,12 @@ import yaml
 from flows.train import train
 from hicra.data import DataError, load_training_mixture, mixture_position, mixture_prompts, refill_prompts
 from hicra.tiny import synthetic_problems
-from schemas.config import load_config
-from tasks.stages import _check_data_position
+from schemas.config import RunConfig, load_config
+from tasks.resident import resident, resident_session
+from tasks.stages import _check_data_position, verify
 from tests.conftest import small_config
 from warehouse.catalog import query
-from warehouse.store import Warehouse
+from warehouse.store import StageCommit, Warehouse
 
 
 def run(tmp_path, config: dict):
@@ -106,3 +107,38 @@ def test_dynamic_sampling_refills_until_enough_mixed_groups(tmp_path, prefect_se
         assert prompt_ids[4 * round_ : 4 * (round_ + 1)] == [p.id for p in drawn]
     dropped = query(store.root, "select value from metrics where name = 'dropped_groups'").column(0)[0].as_py()
     assert dropped == len(groups) - len(mixed[:4])
+
+
+def _update_commit(iteration: int, committed_at: str) -> StageCommit:
+    return StageCommit(run_id="t", iteration=iteration, stage="update", files=[], info={}, committed_at=committed_at)
+
+
+def test_resident_policy_serves_only_its_run_and_checkpoint(tmp_path):
+    """The engine is handed out only for the committed update it holds; other runs, residency off or several
+    ranks hold nothing; the session ends with the flow."""
+    config = RunConfig.model_validate(small_config(tmp_path / "wh"))
+    for off in ({"resident": False}, {"num_processes": 2}, {"zero_stage": 3}):
+        with resident_session(config.model_copy(update={"trainer": config.trainer.model_copy(update=off)})):
+            assert resident(config) is None, off
+    with resident_session(config):
+        held = resident(config)
+        assert held is not None and resident(config.model_copy(update={"run": config.run.model_copy(
+            update={"id": "other"})})) is None  # fmt: skip
+        engine = object()
+        held.keep_trainer(engine, _update_commit(0, "2026-01-01T00:00:00"))
+        assert held.take_trainer(_update_commit(0, "2026-01-01T00:00:01")) is None  # a later commit of the same
+        held.keep_trainer(engine, _update_commit(0, "2026-01-01T00:00:00"))
+        assert held.take_trainer(_update_commit(0, "2026-01-01T00:00:00")) is engine
+        assert held.take_trainer(_update_commit(0, "2026-01-01T00:00:00")) is None  # taken: the update changes it
+    assert resident(config) is None
+
+
+def test_a_failed_stage_drops_the_resident_policy(tmp_path, prefect_server):
+    """A stage that raises leaves nothing held, so its retry and the stages after it load committed checkpoints."""
+    config = RunConfig.model_validate(small_config(tmp_path / "wh"))
+    with resident_session(config):
+        held = resident(config)
+        held.keep_trainer(object(), _update_commit(0, "2026-01-01T00:00:00"))
+        with pytest.raises(FileNotFoundError):
+            verify(config, 1, str(tmp_path))  # iteration 1 has no rollouts
+        assert held.trainer is None and held.take_trainer(_update_commit(0, "2026-01-01T00:00:00")) is None

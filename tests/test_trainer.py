@@ -8,10 +8,12 @@ import dataclasses
 import pytest
 import torch
 from deepspeed.runtime.config import DeepSpeedConfig
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 from hicra.tiny import build_tiny_policy
 from hicra.trainer import UpdateConfig, deepspeed_config, init_distributed, pack_by_tokens, resolve_precision
-from hicra.update import run_update
+from hicra.update import open_trainer, run_update
 from schemas.config import ConfigError, load_config
 from tests.conftest import TEST_MODEL, DataParallel, assert_same_update, random_update_request
 
@@ -105,8 +107,6 @@ def test_sgd_steps_follow_the_gradient(tmp_path):
     """`optimizer: sgd` is plain SGD: a weight's change is -lr * its gradient, so doubling lr doubles every change
     (up to the second-order effect of the update's later micro-steps), while AdamW's first step moves every trained
     weight by about lr whatever its gradient's size."""
-    from safetensors.torch import load_file
-
     model_dir = build_tiny_policy(**TEST_MODEL)
     one_step = dataclasses.replace(BASE, epochs=1, mini_batch_size=12, max_grad_norm=1e9)
     changes = {}
@@ -127,3 +127,33 @@ def test_sgd_steps_follow_the_gradient(tmp_path):
 
     assert spread(changes["adamw"]) < 2  # sign-like: about lr for every weight
     assert spread(changes["sgd"]) > 10  # in proportion to each weight's gradient
+
+
+@pytest.mark.parametrize("changes", [{}, {"zero_stage": 2, "offload_optimizer": True}], ids=["plain", "zero2-offload"])
+def test_resident_engine_equals_one_resumed_from_its_checkpoint(tmp_path, changes):
+    """Two iterations' updates on one engine kept in memory (`next_iteration`) give exactly the steps and weights
+    of the second update on a fresh engine loading the first one's DeepSpeed checkpoint; `copy_weights_to` puts
+    the weights the HF export holds into a generator's model."""
+    model_dir = build_tiny_policy(**TEST_MODEL)
+    config = dataclasses.replace(BASE, **changes)
+    first = random_update_request(model_dir, tmp_path / "first", config)
+    trainer = open_trainer(first)
+    run_update(first, trainer)
+    second = dataclasses.replace(
+        random_update_request(model_dir, tmp_path / "resident", dataclasses.replace(config, seed=4)),
+        rewards=list(reversed(first.rewards)),  # another iteration's rewards
+    )
+    resident = run_update(second, trainer)
+    checkpoint = str(tmp_path / "first" / "deepspeed")
+    resumed = run_update(dataclasses.replace(second, save_to=str(tmp_path / "resumed"), resume_from=checkpoint))
+    assert resident.steps == resumed.steps and resident.global_step == resumed.global_step == 8
+    weights = [load_file(tmp_path / name / "hf" / "model.safetensors") for name in ("resident", "resumed", "first")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not torch.equal(weights[0]["model.norm.weight"], weights[2]["model.norm.weight"])
+    generator = AutoModelForCausalLM.from_pretrained(tmp_path / "first" / "hf")
+    trainer.copy_weights_to(generator)
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "resident" / "hf").state_dict()
+    assert all(torch.equal(value, exported[name]) for name, value in generator.state_dict().items())
+    with pytest.raises(ValueError, match="other than the seed"):
+        trainer.next_iteration(dataclasses.replace(config, lr=1.0))

@@ -8,6 +8,7 @@ installs or loads an extension by itself (httpfs would be a download at run time
 
 from __future__ import annotations
 
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def _tokenizer_files(store: Warehouse, commits: list[StageCommit]) -> dict[str, 
     return found
 
 
-def _init_sql(store: Warehouse, commits: list[StageCommit]) -> str:
+def _init_sql(store: Warehouse, commits: list[StageCommit], attempts: list[dict]) -> str:
     statements = []
     for table, model in TABLES.items():
         # The typed empty relation first: every column of the row model, NULL in files written before it existed.
@@ -117,8 +118,8 @@ def _init_sql(store: Warehouse, commits: list[StageCommit]) -> str:
         for c in commits
     ]  # fmt: skip
     statements.append(f"CREATE OR REPLACE VIEW _commits AS {_values_relation(commit_rows, _COMMIT_COLUMNS)};")
-    attempts = [{k: a[k] for k in _ATTEMPT_COLUMNS} for a in store.attempts()]
-    statements.append(f"CREATE OR REPLACE VIEW _stage_attempts AS {_values_relation(attempts, _ATTEMPT_COLUMNS)};")
+    attempt_rows = [{k: a[k] for k in _ATTEMPT_COLUMNS} for a in attempts]
+    statements.append(f"CREATE OR REPLACE VIEW _stage_attempts AS {_values_relation(attempt_rows, _ATTEMPT_COLUMNS)};")
     views = resources.files("warehouse").joinpath("views.sql").read_text()
     return "\n".join(statements) + "\n\n" + views
 
@@ -126,7 +127,7 @@ def _init_sql(store: Warehouse, commits: list[StageCommit]) -> str:
 def init_sql(root: str | Path) -> str:
     """The SQL that defines every view over the committed data of the warehouse at `root`, as of now."""
     store = Warehouse(root)
-    return _init_sql(store, store.commits())
+    return _init_sql(store, store.commits(), store.attempts())
 
 
 class ReadOnlyError(ValueError):
@@ -151,18 +152,35 @@ def connect(root: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnect
     """
     store = Warehouse(root)
     commits = store.commits()
-    con = duckdb.connect(":memory:")
-    con.execute("SET autoinstall_known_extensions = false")
-    con.execute("SET autoload_known_extensions = false")
-    if not store.local:
-        con.register_filesystem(store.fs)
-    con.execute(_init_sql(store, commits))
+    con = _connection(store)
+    con.execute(_init_sql(store, commits, store.attempts()))
     if read_only:
         readable = [store.location(store.path(f["path"])) for c in commits for f in c.files]
         readable += list(_tokenizer_files(store, commits).values())
         con.execute("SET allowed_paths = " + "[" + ", ".join(_quote(p) for p in readable) + "]")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
+    return con
+
+
+def _connection(store: Warehouse) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(":memory:")
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    if not store.local:
+        con.register_filesystem(store.fs)
+    return con
+
+
+def connect_iteration(root: str | Path, run_id: str, iteration: int) -> duckdb.DuckDBPyConnection:
+    """A connection like `connect`'s whose views hold one iteration of one run: its committed files, and the update
+    metrics of the run's earlier iterations (the first one's perplexities are `iteration_summary`'s denominators);
+    no stage attempts. What a summary of the iteration needs, read without scanning the rest of the warehouse."""
+    store = Warehouse(root)
+    earlier = [c for c in store.commits(run_id, stage="update") if c.iteration < iteration]
+    metrics = [replace(c, files=[f for f in c.files if f["table"] == "metrics"]) for c in earlier]
+    con = _connection(store)
+    con.execute(_init_sql(store, metrics + store.commits(run_id, iteration), []))
     return con
 
 

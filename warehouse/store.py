@@ -203,9 +203,11 @@ class Warehouse:
         text = self.read_text(self.commit_path(run_id, iteration, stage))
         return StageCommit(**json.loads(text)) if text is not None else None
 
-    def commits(self, run_id: str | None = None) -> list[StageCommit]:
-        """Every commit record (of one run, or all), in (run, iteration, stage order)."""
-        records = [StageCommit(**r) for r in self._read_json(f"_commits/run_id={run_id or '*'}/*/*.json")]
+    def commits(self, run_id: str | None = None, iteration: int | None = None, stage: str = "*") -> list[StageCommit]:
+        """Every commit record (of one run, or all; of one iteration, or all; of one stage, or all), in (run,
+        iteration, stage) order."""
+        where = f"run_id={run_id or '*'}/iteration={'*' if iteration is None else iteration}/{stage}.json"
+        records = [StageCommit(**r) for r in self._read_json(f"_commits/{where}")]
         order = {s: i for i, s in enumerate(STAGES)}
         return sorted(records, key=lambda c: (c.run_id, c.iteration, order.get(c.stage, len(order)), c.stage))
 
